@@ -1,0 +1,196 @@
+//! Layered configuration shared by every binary: embedded defaults, then an optional
+//! file, then environment variables.
+//!
+//! Each service embeds its commented `config/default.toml` with `include_str!` and calls
+//! [`load`]. Environment variables map to TOML paths with `__`:
+//! `GATEWAY__DARAJA__CONSUMER_KEY` sets `[daraja] consumer_key` of the gateway. The file
+//! path comes from `--config <path>` or from `<PREFIX>_CONFIG` (e.g. `GATEWAY_CONFIG`).
+//! Secrets deserialize into `secrecy::SecretString`, whose `Debug` prints `[REDACTED]`.
+//!
+//! The pieces used by more than one service (Redis, HTTP server, telemetry) are here;
+//! each service adds its own sections and validates the whole once at load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads `T` from `defaults` (TOML text), then `file` if given, then env vars that start
+/// with `<env_prefix>__`. Keys listed in `list_keys` are split on commas when they come
+/// from the environment.
+pub fn load<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<&Path>,
+    env_prefix: &str,
+    list_keys: &[&str],
+) -> Result<T, ConfigError> {
+    let mut env = config::Environment::with_prefix(env_prefix)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true);
+    if !list_keys.is_empty() {
+        env = env.list_separator(",");
+        for k in list_keys {
+            env = env.with_list_parse_key(k);
+        }
+    }
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path.to_path_buf()).required(true));
+    }
+    let cfg = builder.add_source(env).build()?;
+    Ok(cfg.try_deserialize()?)
+}
+
+/// The config file path: `--config <path>` / `--config=<path>` on the command line, else
+/// the `<env_prefix>_CONFIG` variable.
+pub fn config_path_from_args(env_prefix: &str) -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::env::var_os(format!("{env_prefix}_CONFIG")).map(PathBuf::from)
+}
+
+/// Where and how an HTTP server listens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    /// 0 picks a free port (tests do this).
+    pub port: u16,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown may take before connections are dropped.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl ServerSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port[/db]`. Secret, because it may hold a password.
+    pub url: SecretString,
+    /// Prefix of every key and channel name.
+    pub key_prefix: String,
+    /// Connections in the command pool (the subscriber connection is extra).
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Bound on one command round trip, including waiting for a pooled connection.
+    pub command_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(
+                "redis.url must start with redis:// or rediss://".into(),
+            ));
+        }
+        if self.key_prefix.is_empty()
+            || !self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+        {
+            return Err(ConfigError::Invalid(
+                "redis.key_prefix must be non-empty and use only letters, digits, '-', '_', ':' and '.'"
+                    .into(),
+            ));
+        }
+        if self.pool_size == 0 || self.pool_size > 256 {
+            return Err(ConfigError::Invalid(
+                "redis.pool_size must be between 1 and 256".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Requires a secret to be set and at least `min_len` bytes long.
+pub fn require_secret(name: &str, s: &SecretString, min_len: usize) -> Result<(), ConfigError> {
+    if s.expose_secret().len() < min_len {
+        return Err(ConfigError::Invalid(format!(
+            "{name} must be set and at least {min_len} characters long"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        redis: RedisSettings,
+        list: Vec<String>,
+    }
+
+    const DEFAULTS: &str = r#"
+list = ["a"]
+[redis]
+url = "redis://127.0.0.1:6379"
+key_prefix = "stk"
+pool_size = 8
+connect_timeout_ms = 1000
+command_timeout_ms = 1000
+"#;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = std::env::temp_dir().join(format!("stk-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[redis]\npool_size = 3\nkey_prefix = \"fromfile\"\n").unwrap();
+        // A unique prefix keeps this test's variables away from any other.
+        std::env::set_var("CFGTEST1__REDIS__KEY_PREFIX", "fromenv");
+        std::env::set_var("CFGTEST1__LIST", "x,y");
+        let s: Sample = load(DEFAULTS, Some(&file), "CFGTEST1", &["list"]).unwrap();
+        assert_eq!(s.redis.pool_size, 3);
+        assert_eq!(s.redis.key_prefix, "fromenv");
+        assert_eq!(s.list, vec!["x".to_string(), "y".to_string()]);
+        assert!(s.redis.validate().is_ok());
+        assert!(!format!("{:?}", s.redis).contains("6379"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let r: Result<Sample, _> = load(
+            DEFAULTS,
+            Some(Path::new("/nonexistent/x.toml")),
+            "CFGTEST2",
+            &[],
+        );
+        assert!(r.is_err());
+    }
+}

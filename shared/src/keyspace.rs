@@ -1,0 +1,88 @@
+//! The only place Redis key and channel names are built.
+//!
+//! Every name starts with a configurable prefix (so tests and tenants never share a
+//! keyspace) and every per-payment name carries the CheckoutRequestID as a Redis Cluster
+//! hash tag, `{…}`, so that a payment's state key and its channel map to the same slot.
+//!
+//! | name | type | holds |
+//! |---|---|---|
+//! | `<prefix>:pay:{<checkout_request_id>}` | hash | `state` (STATE JSON), `status`, `version`, `cbt` (callback token id), `early` |
+//! | `<prefix>:pay:{<checkout_request_id>}:ch` | pub/sub channel | STATE JSON of each new version |
+//! | `<prefix>:idem:{<sha256 hex>}` | hash | idempotency record of one `POST /v1/stk/push` |
+
+use sha2::{Digest, Sha256};
+
+use crate::ids::CheckoutRequestId;
+
+/// Builds key and channel names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash holding one payment's state.
+    pub fn payment(&self, id: &CheckoutRequestId) -> String {
+        format!("{}:pay:{{{}}}", self.prefix, id.as_str())
+    }
+
+    /// The channel on which one payment's new states are published.
+    pub fn payment_channel(&self, id: &CheckoutRequestId) -> String {
+        format!("{}:pay:{{{}}}:ch", self.prefix, id.as_str())
+    }
+
+    /// Recovers the CheckoutRequestID from a payment channel name, if it is one of ours.
+    pub fn checkout_id_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let rest = channel.strip_prefix(self.prefix.as_str())?;
+        let rest = rest.strip_prefix(":pay:{")?;
+        rest.strip_suffix("}:ch")
+    }
+
+    /// The idempotency record for an `Idempotency-Key` sent by one API client. The key is
+    /// hashed together with the client's id, so clients cannot collide or probe each other.
+    pub fn idempotency(&self, client_id: &str, idempotency_key: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(client_id.as_bytes());
+        h.update([0u8]);
+        h.update(idempotency_key.as_bytes());
+        let digest = h.finalize();
+        let mut hex = String::with_capacity(64);
+        for b in digest {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+        }
+        format!("{}:idem:{{{}}}", self.prefix, hex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_a_hash_tag() {
+        let ks = Keyspace::new("stk");
+        let id = CheckoutRequestId::parse("ws_CO_1").unwrap();
+        assert_eq!(ks.payment(&id), "stk:pay:{ws_CO_1}");
+        assert_eq!(ks.payment_channel(&id), "stk:pay:{ws_CO_1}:ch");
+        assert_eq!(
+            ks.checkout_id_of_channel("stk:pay:{ws_CO_1}:ch"),
+            Some("ws_CO_1")
+        );
+        assert_eq!(ks.checkout_id_of_channel("other:pay:{ws_CO_1}:ch"), None);
+        let a = ks.idempotency("merchant-a", "k1");
+        let b = ks.idempotency("merchant-b", "k1");
+        assert_ne!(a, b);
+        assert!(a.starts_with("stk:idem:{") && a.ends_with('}'));
+    }
+}

@@ -1,0 +1,25 @@
+//! What both stk-relay services speak. No HTTP handlers live here.
+//!
+//! - [`ids`]: newtypes parsed at the edge: `CheckoutRequestId`, `Msisdn`, `Amount`, …
+//! - [`daraja`]: Daraja wire formats, password/timestamp, callback parsing, the client.
+//! - [`payment`]: `PaymentState` (the public STATE) and its one transition.
+//! - [`api`]: the public API's wire types and the stable error-code table.
+//! - [`keyspace`]: the only place Redis key and channel names are built.
+//! - [`store`]: payment state in Redis: the one Lua script that changes a status.
+//! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
+//! - [`token`]: HMAC-signed subscribe and callback tokens.
+//! - [`config`]: layered configuration loading and the shared settings sections.
+//! - [`telemetry`]: tracing set-up (text or JSON).
+//! - [`shutdown`]: the explicit shutdown handle.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod daraja;
+pub mod ids;
+pub mod keyspace;
+pub mod payment;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod token;
