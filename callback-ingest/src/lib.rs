@@ -1,1 +1,17 @@
-//! Placeholder
+//! stk-relay callback-ingest: a stateless receiver of Daraja STK callbacks.
+//!
+//! A callback is checked (token, size, shape), turned into a `PaymentOutcome`, and
+//! applied through the shared store's one script, which writes the final state and
+//! publishes it on the payment's channel atomically.
+//!
+//! - [`config`]: `IngestSettings`, loaded and validated once.
+//! - [`startup`]: `Application::build` (binds, so port 0 works) and `run_until_stopped`.
+//! - [`routes`]: HTTP handlers: the callback endpoint and health checks.
+//! - [`callback`]: whether a callback is trusted, and how it is applied with retries.
+//! - [`error`]: `IngestError`, mapped to HTTP in one place.
+
+pub mod callback;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;

@@ -1,1 +1,16 @@
-fn main() {}
+//! `stk-relay-callback-ingest`: load config, start telemetry, serve until SIGTERM.
+
+use stk_relay_callback_ingest::{config::IngestSettings, startup::Application};
+use stk_relay_shared::{shutdown::Shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = IngestSettings::load()?;
+    telemetry::init(&settings.telemetry);
+    let shutdown = Shutdown::new();
+    tokio::spawn(shutdown.clone().trigger_on_signals());
+    let app = Application::build(settings, shutdown).await?;
+    println!("stk-relay-callback-ingest listening on {}", app.base_url());
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,1 +1,21 @@
-//! Placeholder
+//! stk-relay gateway: starts STK pushes for the merchant's backend and tells browsers
+//! the result over WebSocket, Server-Sent Events or polling.
+//!
+//! - [`config`]: `GatewaySettings`, loaded and validated once.
+//! - [`startup`]: `Application::build` (binds, so port 0 works), `run_until_stopped`
+//!   and the shutdown sequence that covers upgraded sockets.
+//! - [`routes`]: HTTP handlers: push, payment state, WebSocket and SSE upgrades, health.
+//! - [`auth`]: merchant API keys and browser subscribe tokens.
+//! - [`idempotency`]: `Idempotency-Key` records in Redis.
+//! - [`feed`]: subscribe-then-read: the frames one browser connection receives.
+//! - [`ws`]: the WebSocket session loop and the browser protocol.
+//! - [`error`]: `ApiError`, mapped to HTTP in one place.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod idempotency;
+pub mod routes;
+pub mod startup;
+pub mod ws;

@@ -1,1 +1,16 @@
-fn main() {}
+//! `stk-relay-gateway`: load config, start telemetry, serve until SIGTERM.
+
+use stk_relay_gateway::{config::GatewaySettings, startup::Application};
+use stk_relay_shared::{shutdown::Shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = GatewaySettings::load()?;
+    telemetry::init(&settings.telemetry);
+    let shutdown = Shutdown::new();
+    tokio::spawn(shutdown.clone().trigger_on_signals());
+    let app = Application::build(settings, shutdown).await?;
+    println!("stk-relay-gateway listening on {}", app.base_url());
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Liveness and readiness.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+/// 200 while the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 when Redis answers and the node is not draining; 503 otherwise.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutdown.is_draining() {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
+    }
+    match state.store.pool().ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: redis");
+            HttpResponse::ServiceUnavailable().json(json!({"status": "redis unavailable"}))
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Building and running the callback-ingest application.
+//!
+//! `Application::build` connects lazily to Redis (the node starts, and reports not
+//! ready, while Redis is down) and binds, so `port = 0` works. `run_until_stopped`
+//! serves until the shutdown handle fires, then drains in-flight requests with a bound.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::shutdown::Shutdown;
+use stk_relay_shared::store::{PaymentStore, RedisPool};
+use stk_relay_shared::token::CallbackTokens;
+use tracing_actix_web::TracingLogger;
+
+use crate::config::IngestSettings;
+use crate::routes;
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: IngestSettings,
+    pub store: PaymentStore,
+    pub callback_tokens: CallbackTokens,
+    pub shutdown: Shutdown,
+}
+
+pub struct Application {
+    port: u16,
+    host: String,
+    server: Server,
+    shutdown: Shutdown,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: IngestSettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        let pool = RedisPool::new(&settings.redis)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        if let Err(e) = pool.warm_up().await {
+            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
+        }
+        let store = PaymentStore::new(
+            pool,
+            Keyspace::new(settings.redis.key_prefix.clone()),
+            Duration::from_secs(settings.payments.ttl_secs),
+        );
+        let state = web::Data::new(AppState {
+            callback_tokens: CallbackTokens::new(settings.tokens.callback_secret.clone()),
+            store,
+            shutdown: shutdown.clone(),
+            settings: settings.clone(),
+        });
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let data = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(data.clone())
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .route(
+                    "/v1/callbacks/stk/{callback_token}",
+                    web::post().to(routes::stk_callback::stk_callback),
+                )
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout().as_secs().max(1));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        Ok(Self {
+            port,
+            host: settings.server.host.clone(),
+            server: server.run(),
+            shutdown,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
+    pub fn base_url(&self) -> String {
+        let host = if self.host == "0.0.0.0" { "127.0.0.1" } else { &self.host };
+        format!("http://{host}:{}", self.port)
+    }
+
+    /// Serves until shutdown: readiness turns 503 at once, the listener stops, and
+    /// in-flight callbacks finish (bounded by `server.shutdown_timeout_ms`).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            tracing::info!("draining");
+            handle.stop(true).await;
+        });
+        let r = self.server.await;
+        drop(self.state);
+        tracing::info!("stopped");
+        r
+    }
+}

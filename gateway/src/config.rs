@@ -1,0 +1,130 @@
+//! The gateway configuration: `config/default.toml`, then a file, then `GATEWAY__…`
+//! environment variables. See `docs/configuration.md`.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use stk_relay_shared::config::{
+    self as shared_config, ConfigError, RedisSettings, ServerSettings,
+};
+use stk_relay_shared::daraja::DarajaClientSettings;
+use stk_relay_shared::telemetry::TelemetrySettings;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+pub const ENV_PREFIX: &str = "GATEWAY";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    pub server: ServerSettings,
+    pub redis: RedisSettings,
+    pub telemetry: TelemetrySettings,
+    pub api: ApiSettings,
+    pub tokens: TokenSettings,
+    pub payments: PaymentSettings,
+    pub callbacks: CallbackUrlSettings,
+    pub daraja: DarajaClientSettings,
+    pub ws: WsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub keys: Vec<SecretString>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenSettings {
+    pub subscribe_secret: SecretString,
+    pub callback_secret: SecretString,
+    pub subscribe_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentSettings {
+    pub ttl_secs: u64,
+    pub idempotency_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CallbackUrlSettings {
+    pub public_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WsSettings {
+    pub heartbeat_interval_ms: u64,
+    pub client_timeout_ms: u64,
+    pub max_connections: usize,
+}
+
+impl WsSettings {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+}
+
+impl GatewaySettings {
+    /// Loads defaults, the optional file (`--config` or `GATEWAY_CONFIG`) and the env.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = shared_config::config_path_from_args(ENV_PREFIX);
+        Self::load_from(file.as_deref())
+    }
+
+    pub fn load_from(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let s: Self = shared_config::load(DEFAULTS, file, ENV_PREFIX, &["api.keys"])?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.redis.validate()?;
+        self.daraja.validate()?;
+        if self.api.keys.is_empty() {
+            return Err(ConfigError::Invalid(
+                "api.keys must list at least one API key".into(),
+            ));
+        }
+        for k in &self.api.keys {
+            if k.expose_secret().len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "every api.keys entry must be at least 16 characters".into(),
+                ));
+            }
+        }
+        shared_config::require_secret("tokens.subscribe_secret", &self.tokens.subscribe_secret, 32)?;
+        shared_config::require_secret("tokens.callback_secret", &self.tokens.callback_secret, 32)?;
+        if self.tokens.subscribe_ttl_secs == 0 || self.payments.ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "tokens.subscribe_ttl_secs and payments.ttl_secs must be positive".into(),
+            ));
+        }
+        let base = &self.callbacks.public_base_url;
+        if !(base.starts_with("https://") || base.starts_with("http://"))
+            || base.ends_with('/')
+            || base.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::Invalid(
+                "callbacks.public_base_url must be an http(s) URL without spaces or a trailing slash"
+                    .into(),
+            ));
+        }
+        if !(256..=1024 * 1024).contains(&self.api.max_body_bytes) {
+            return Err(ConfigError::Invalid(
+                "api.max_body_bytes must be between 256 and 1048576".into(),
+            ));
+        }
+        if self.ws.heartbeat_interval_ms == 0
+            || self.ws.client_timeout_ms <= self.ws.heartbeat_interval_ms
+        {
+            return Err(ConfigError::Invalid(
+                "ws.client_timeout_ms must exceed ws.heartbeat_interval_ms > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! `Idempotency-Key` for `POST /v1/stk/push`, kept in Redis so any gateway node sees it.
+//!
+//! A record holds the hash of the (normalised) request and, once done, the response.
+//! The first request claims the key (`in_progress`, short TTL so a crashed node does
+//! not hold it forever); a repeat with the same body gets the stored response, with
+//! another body 409 `IDEMPOTENCY_KEY_REUSED`, and while the first is still running 409
+//! `IDEMPOTENCY_IN_PROGRESS`. A request that certainly sent no push (validation,
+//! a Daraja rejection) releases the key so it can be retried.
+
+use std::time::Duration;
+
+use redis::Script;
+use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::store::{RedisPool, StoreError};
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_KEY_LEN: usize = 255;
+/// How long a claimed key may stay `in_progress`.
+const IN_PROGRESS_TTL: Duration = Duration::from_secs(120);
+
+const BEGIN_LUA: &str = r#"
+-- KEYS[1] record; ARGV[1] request hash; ARGV[2] in-progress ttl seconds
+local cur = redis.call('HMGET', KEYS[1], 'hash', 'state', 'status', 'response')
+if not cur[1] then
+  redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'state', 'in_progress')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return {'NEW'}
+end
+if cur[1] ~= ARGV[1] then return {'CONFLICT'} end
+if cur[2] ~= 'done' then return {'IN_PROGRESS'} end
+return {'REPLAY', cur[3], cur[4]}
+"#;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The key is ours; go ahead.
+    New,
+    /// Seen before with the same body: answer with this.
+    Replay { status: u16, body: String },
+    Conflict,
+    InProgress,
+}
+
+#[derive(Clone)]
+pub struct Idempotency {
+    pool: RedisPool,
+    keys: Keyspace,
+    ttl: Duration,
+    begin: Script,
+}
+
+/// Checks the header value: 1 to 255 visible ASCII characters.
+pub fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+impl Idempotency {
+    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration) -> Self {
+        Self {
+            pool,
+            keys,
+            ttl,
+            begin: Script::new(BEGIN_LUA),
+        }
+    }
+
+    /// Claims or looks up `key` for `client_id`. Returns the record's Redis key too.
+    pub async fn begin(
+        &self,
+        client_id: &str,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<(Begin, String), StoreError> {
+        let rkey = self.keys.idempotency(client_id, key);
+        let mut conn = self.pool.get().await?;
+        let reply: Vec<String> = tokio::time::timeout(
+            self.pool.command_timeout(),
+            self.begin
+                .key(&rkey)
+                .arg(request_hash)
+                .arg(IN_PROGRESS_TTL.as_secs())
+                .invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        let mut it = reply.into_iter();
+        let begin = match it.next().as_deref() {
+            Some("NEW") => Begin::New,
+            Some("CONFLICT") => Begin::Conflict,
+            Some("IN_PROGRESS") => Begin::InProgress,
+            Some("REPLAY") => {
+                let status = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Protocol("idempotency record without status".into()))?;
+                let body = it
+                    .next()
+                    .ok_or_else(|| StoreError::Protocol("idempotency record without body".into()))?;
+                Begin::Replay { status, body }
+            }
+            other => return Err(StoreError::Protocol(format!("idempotency: {other:?}"))),
+        };
+        Ok((begin, rkey))
+    }
+
+    /// Stores the response of a finished request for the full TTL.
+    pub async fn complete(&self, rkey: &str, status: u16, body: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(rkey, &[("state", "done"), ("status", &status.to_string()), ("response", body)])
+            .ignore()
+            .expire(rkey, self.ttl.as_secs() as i64)
+            .ignore();
+        tokio::time::timeout(self.pool.command_timeout(), pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout)??;
+        Ok(())
+    }
+
+    /// Releases a claimed key after a request that certainly sent no push.
+    pub async fn abort(&self, rkey: &str) {
+        let r = async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("DEL")
+                .arg(rkey)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(StoreError::from)
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not release idempotency key; it expires by itself");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn key_shape() {
+        assert!(valid_key("order-123"));
+        assert!(!valid_key(""));
+        assert!(!valid_key("has space"));
+        assert!(!valid_key(&"a".repeat(256)));
+        assert!(!valid_key("naïve"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Browser-facing reads of one payment:
+//! - `GET /v1/payments/{id}`: the current STATE (token or API key).
+//! - `GET /v1/payments/{id}/ws?token=`: WebSocket.
+//! - `GET /v1/payments/{id}/events?token=`: Server-Sent Events, the same messages.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use stk_relay_shared::ids::CheckoutRequestId;
+use stk_relay_shared::shutdown::Shutdown;
+
+use crate::auth::require_payment_access;
+use crate::error::ApiError;
+use crate::feed::{FeedError, FeedEvent, PaymentFeed};
+use crate::startup::{AppState, ConnectionGuard};
+use crate::ws::session::{self, SessionConfig};
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn query_token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    web::Query::<TokenQuery>::from_query(req.query_string())
+        .map(|q| q.into_inner().token)
+        .map_err(|_| ApiError::Malformed("invalid query string".into()))
+}
+
+/// Parses the path id and checks access. An id that cannot exist is "not found".
+fn authorize(
+    req: &HttpRequest,
+    raw_id: &str,
+    state: &AppState,
+    allow_api_key: bool,
+) -> Result<CheckoutRequestId, ApiError> {
+    let token = query_token(req)?;
+    let id = CheckoutRequestId::parse(raw_id).map_err(|_| ApiError::PaymentNotFound)?;
+    require_payment_access(
+        req,
+        token.as_deref(),
+        &id,
+        &state.subscribe_tokens,
+        allow_api_key.then_some(&state.api_keys),
+    )?;
+    Ok(id)
+}
+
+fn feed_error(e: FeedError) -> ApiError {
+    match e {
+        FeedError::NotFound => ApiError::PaymentNotFound,
+        FeedError::Broker(e) => ApiError::Unavailable(e.to_string()),
+        FeedError::Store(e) => e.into(),
+        FeedError::BadState(e) => ApiError::Internal(e),
+    }
+}
+
+#[tracing::instrument(name = "get_payment", skip_all, fields(checkout_request_id = %path))]
+pub async fn get_payment(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = authorize(&req, &path, &state, true)?;
+    let json = state.store.get(&id).await?.ok_or(ApiError::PaymentNotFound)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(json))
+}
+
+#[tracing::instrument(name = "ws", skip_all, fields(checkout_request_id = %path))]
+pub async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = authorize(&req, &path, &state, false)?;
+    let guard = state.admit()?;
+    let (response, ws_session, msgs) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::Malformed(format!("not a WebSocket upgrade: {e}")))?;
+    let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
+        .await
+        .map_err(feed_error)?;
+    let cfg = SessionConfig {
+        heartbeat_interval: state.settings.ws.heartbeat_interval(),
+        client_timeout: state.settings.ws.client_timeout(),
+    };
+    actix_web::rt::spawn(session::run(
+        ws_session,
+        msgs,
+        feed,
+        first,
+        cfg,
+        state.shutdown.clone(),
+        guard,
+    ));
+    Ok(response)
+}
+
+#[tracing::instrument(name = "sse", skip_all, fields(checkout_request_id = %path))]
+pub async fn events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = authorize(&req, &path, &state, false)?;
+    let guard = state.admit()?;
+    let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
+        .await
+        .map_err(feed_error)?;
+    let stream = sse_stream(
+        feed,
+        first,
+        state.settings.ws.heartbeat_interval(),
+        state.shutdown.clone(),
+        guard,
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+/// One SSE event: `event: <type>` and `data: <message JSON>`. The message JSON has no
+/// newlines (it is compact JSON), so one `data:` line carries it.
+fn sse_event(frame: &str) -> Bytes {
+    let kind = if frame.starts_with("{\"type\":\"PAYMENT_COMPLETED\"") {
+        "PAYMENT_COMPLETED"
+    } else {
+        "PAYMENT_UPDATE"
+    };
+    Bytes::from(format!("event: {kind}\ndata: {frame}\n\n"))
+}
+
+enum SseStep {
+    Start(String),
+    Live,
+    End,
+}
+
+struct SseState {
+    feed: PaymentFeed,
+    step: SseStep,
+    heartbeat: tokio::time::Interval,
+    shutdown: Shutdown,
+    _guard: ConnectionGuard,
+}
+
+fn sse_stream(
+    feed: PaymentFeed,
+    first: String,
+    heartbeat: Duration,
+    shutdown: Shutdown,
+    guard: ConnectionGuard,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let st = SseState {
+        feed,
+        step: SseStep::Start(first),
+        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        shutdown,
+        _guard: guard,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        match std::mem::replace(&mut st.step, SseStep::Live) {
+            SseStep::End => None,
+            SseStep::Start(first) => {
+                let mut out = String::from("retry: 3000\n\n");
+                out.push_str(&String::from_utf8_lossy(&sse_event(&first)));
+                if st.feed.is_done() {
+                    st.step = SseStep::End;
+                }
+                Some((Ok(Bytes::from(out)), st))
+            }
+            SseStep::Live => {
+                tokio::select! {
+                    biased;
+                    _ = st.shutdown.wait() => None,
+                    ev = st.feed.next() => match ev {
+                        FeedEvent::Frame(frame) => {
+                            if st.feed.is_done() {
+                                st.step = SseStep::End;
+                            }
+                            Some((Ok(sse_event(&frame)), st))
+                        }
+                        FeedEvent::Closed => None,
+                    },
+                    _ = st.heartbeat.tick() => Some((Ok(Bytes::from_static(b": ping\n\n")), st)),
+                }
+            },
+        }
+    })
+}

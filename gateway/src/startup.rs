@@ -1,0 +1,216 @@
+//! Building and running the gateway.
+//!
+//! `Application::build` wires Redis (command pool + one subscriber connection), the
+//! Daraja client and the HTTP server, and binds, so `port = 0` works. The node starts
+//! while Redis is down and reports not-ready until it is back.
+//!
+//! Shutdown (actix's own graceful stop does not cover upgraded sockets, so the gateway
+//! owns it): the handle fires → `/readyz` answers 503 and new sockets are refused →
+//! every WebSocket closes with 1001 and every SSE stream ends → the server stops
+//! accepting and drains in-flight requests, bounded by `server.shutdown_timeout_ms` →
+//! the broker is dropped.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use stk_relay_shared::broker::redis::RedisBroker;
+use stk_relay_shared::broker::Broker;
+use stk_relay_shared::daraja::DarajaClient;
+use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::shutdown::Shutdown;
+use stk_relay_shared::store::{PaymentStore, RedisPool};
+use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
+use tokio::sync::Notify;
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::ApiKeys;
+use crate::config::GatewaySettings;
+use crate::error::ApiError;
+use crate::idempotency::Idempotency;
+use crate::routes;
+
+/// Counts open WebSocket and SSE connections and caps them.
+pub struct Connections {
+    open: AtomicUsize,
+    max: usize,
+    idle: Notify,
+}
+
+impl Connections {
+    pub fn current(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Held by one open connection; releases its slot when dropped.
+pub struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: GatewaySettings,
+    pub store: PaymentStore,
+    pub broker: Arc<dyn Broker>,
+    pub idempotency: Idempotency,
+    pub daraja: DarajaClient,
+    pub api_keys: ApiKeys,
+    pub subscribe_tokens: SubscribeTokens,
+    pub callback_tokens: CallbackTokens,
+    pub shutdown: Shutdown,
+    pub connections: Arc<Connections>,
+}
+
+impl AppState {
+    /// Admits one more long-lived connection, or refuses (draining, or at capacity).
+    pub fn admit(&self) -> Result<ConnectionGuard, ApiError> {
+        if self.shutdown.is_draining() {
+            return Err(ApiError::Unavailable("node is draining".into()));
+        }
+        let prev = self.connections.open.fetch_add(1, Ordering::SeqCst);
+        let guard = ConnectionGuard(self.connections.clone());
+        if prev >= self.connections.max {
+            return Err(ApiError::Unavailable("connection limit reached".into()));
+        }
+        Ok(guard)
+    }
+}
+
+pub struct Application {
+    port: u16,
+    host: String,
+    server: Server,
+    shutdown: Shutdown,
+    state: web::Data<AppState>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+}
+
+impl Application {
+    pub async fn build(settings: GatewaySettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        let pool = RedisPool::new(&settings.redis).map_err(invalid)?;
+        if let Err(e) = pool.warm_up().await {
+            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
+        }
+        let broker: Arc<dyn Broker> =
+            Arc::new(RedisBroker::start(&settings.redis, pool.clone()).map_err(invalid)?);
+        let keys = Keyspace::new(settings.redis.key_prefix.clone());
+        let store = PaymentStore::new(
+            pool.clone(),
+            keys.clone(),
+            Duration::from_secs(settings.payments.ttl_secs),
+        );
+        let idempotency = Idempotency::new(
+            pool,
+            keys,
+            Duration::from_secs(settings.payments.idempotency_ttl_secs),
+        );
+        let daraja = DarajaClient::new(settings.daraja.clone()).map_err(invalid)?;
+        let state = web::Data::new(AppState {
+            store,
+            broker,
+            idempotency,
+            daraja,
+            api_keys: ApiKeys::new(settings.api.keys.clone()),
+            subscribe_tokens: SubscribeTokens::new(settings.tokens.subscribe_secret.clone()),
+            callback_tokens: CallbackTokens::new(settings.tokens.callback_secret.clone()),
+            shutdown: shutdown.clone(),
+            connections: Arc::new(Connections {
+                open: AtomicUsize::new(0),
+                max: settings.ws.max_connections,
+                idle: Notify::new(),
+            }),
+            settings: settings.clone(),
+        });
+
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let data = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(data.clone())
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .route("/v1/stk/push", web::post().to(routes::push::push))
+                .route(
+                    "/v1/payments/{checkout_request_id}",
+                    web::get().to(routes::payments::get_payment),
+                )
+                .route(
+                    "/v1/payments/{checkout_request_id}/ws",
+                    web::get().to(routes::payments::ws),
+                )
+                .route(
+                    "/v1/payments/{checkout_request_id}/events",
+                    web::get().to(routes::payments::events),
+                )
+                .default_service(web::to(routes::fallback))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout().as_secs().max(1));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        Ok(Self {
+            port,
+            host: settings.server.host.clone(),
+            server: server.run(),
+            shutdown,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
+    pub fn base_url(&self) -> String {
+        let host = if self.host == "0.0.0.0" { "127.0.0.1" } else { &self.host };
+        format!("http://{host}:{}", self.port)
+    }
+
+    /// Serves until the shutdown handle fires, then runs the shutdown sequence.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        let state = self.state.clone();
+        let bound = self.state.settings.server.shutdown_timeout();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            tracing::info!(open = state.connections.current(), "draining: closing sockets");
+            // Sessions watch the same handle and close with 1001 by themselves.
+            let drained = async {
+                loop {
+                    let idle = state.connections.idle.notified();
+                    if state.connections.current() == 0 {
+                        break;
+                    }
+                    idle.await;
+                }
+            };
+            if tokio::time::timeout(bound, drained).await.is_err() {
+                tracing::warn!(open = state.connections.current(), "drain bound reached");
+            }
+            handle.stop(true).await;
+        });
+        let r = self.server.await;
+        drop(self.state);
+        tracing::info!("stopped");
+        r
+    }
+}

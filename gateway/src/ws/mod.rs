@@ -1,0 +1,8 @@
+//! Browser WebSockets.
+//!
+//! - [`protocol`]: what the browser receives: frames and close codes.
+//! - [`session`]: one async function per socket: a `select!` over client frames, the
+//!   payment feed, the heartbeat and shutdown.
+
+pub mod protocol;
+pub mod session;

@@ -1,0 +1,478 @@
+//! The Redis broker: one dedicated pub/sub connection per process, owned by one task.
+//!
+//! The task takes `Subscribe` / `Release` commands, reference-counts channels, fans
+//! messages out locally through one `broadcast` per channel, and after a reconnect
+//! re-subscribes every channel that still has holders before raising `Resync`.
+//! Subscriptions are never made on pooled connections.
+//!
+//! Channel states: `Subscribing` (SUBSCRIBE sent, waiters queued) → `Active` →
+//! `Unsubscribing` (UNSUBSCRIBE sent; a new holder waits for its confirmation and then
+//! subscribes again, so SUBSCRIBE/UNSUBSCRIBE for one channel never cross).
+//!
+//! The command queue is unbounded on purpose: every entry belongs to one live
+//! `Subscription` (one `Subscribe`, one `Release`), so its length is bounded by the
+//! number of subscriptions, which the gateway caps; `Drop` must be able to release
+//! without awaiting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{PubSubSink, PubSubStream};
+use secrecy::ExposeSecret;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::{Broker, BrokerError, Payload, Release, Subscription, FANOUT_CAPACITY};
+use crate::config::RedisSettings;
+use crate::store::pool::RedisPool;
+
+type Reply = oneshot::Sender<Subscription>;
+
+pub(crate) enum Command {
+    Subscribe {
+        channel: Arc<str>,
+        reply: Reply,
+    },
+    Release {
+        channel: Arc<str>,
+    },
+}
+
+enum Internal {
+    Subscribed {
+        channel: Arc<str>,
+        generation: u64,
+        ok: bool,
+    },
+    Unsubscribed {
+        channel: Arc<str>,
+        generation: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Subscribing,
+    Active,
+    Unsubscribing,
+}
+
+struct Entry {
+    tx: broadcast::Sender<Payload>,
+    refs: usize,
+    state: State,
+    waiters: Vec<Reply>,
+}
+
+/// The Redis implementation of [`Broker`].
+#[derive(Clone)]
+pub struct RedisBroker {
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    connected: Arc<AtomicBool>,
+    channels: Arc<AtomicUsize>,
+    subscribe_timeout: Duration,
+    pool: RedisPool,
+}
+
+impl RedisBroker {
+    /// Starts the subscriber task. It connects in the background (and keeps
+    /// reconnecting), so this succeeds even while Redis is down.
+    pub fn start(settings: &RedisSettings, pool: RedisPool) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(settings.url.expose_secret())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let channels = Arc::new(AtomicUsize::new(0));
+        let (resync_tx, _) = watch::channel(0u64);
+        let task = Task {
+            client,
+            connect_timeout: settings.connect_timeout(),
+            cmd_tx: cmd_tx.clone(),
+            cmd_rx,
+            internal: mpsc::unbounded_channel(),
+            entries: HashMap::new(),
+            sink: None,
+            generation: 0,
+            connected: connected.clone(),
+            channels: channels.clone(),
+            resync: resync_tx,
+        };
+        tokio::spawn(task.run());
+        Ok(Self {
+            cmd_tx,
+            connected,
+            channels,
+            subscribe_timeout: settings.connect_timeout() + settings.command_timeout(),
+            pool,
+        })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn subscribe(&self, channel: &str) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
+        let channel: Arc<str> = Arc::from(channel);
+        async move {
+            let (reply, rx) = oneshot::channel();
+            self.cmd_tx
+                .send(Command::Subscribe { channel, reply })
+                .map_err(|_| BrokerError::Closed)?;
+            match tokio::time::timeout(self.subscribe_timeout, rx).await {
+                Ok(Ok(sub)) => Ok(sub),
+                // The task dropped the reply: the subscription failed.
+                Ok(Err(_)) => Err(BrokerError::Unavailable(
+                    "redis did not accept the subscription".into(),
+                )),
+                Err(_) => Err(BrokerError::Timeout),
+            }
+        }
+        .boxed()
+    }
+
+    fn publish(&self, channel: &str, payload: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let channel = channel.to_owned();
+        let payload = payload.to_owned();
+        async move {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&payload)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+}
+
+struct Task {
+    client: redis::Client,
+    connect_timeout: Duration,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    internal: (
+        mpsc::UnboundedSender<Internal>,
+        mpsc::UnboundedReceiver<Internal>,
+    ),
+    entries: HashMap<Arc<str>, Entry>,
+    sink: Option<PubSubSink>,
+    generation: u64,
+    connected: Arc<AtomicBool>,
+    channels: Arc<AtomicUsize>,
+    resync: watch::Sender<u64>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Task {
+    async fn run(mut self) {
+        let mut stream: Option<PubSubStream> = None;
+        let mut backoff = Duration::ZERO;
+        loop {
+            if stream.is_none() {
+                tokio::select! {
+                    biased;
+                    cmd = self.cmd_rx.recv() => match cmd {
+                        Some(cmd) => self.on_command(cmd),
+                        None => break,
+                    },
+                    Some(i) = self.internal.1.recv() => self.on_internal(i),
+                    _ = tokio::time::sleep(backoff) => {
+                        match self.connect().await {
+                            Ok(s) => {
+                                stream = Some(s);
+                                backoff = Duration::ZERO;
+                            }
+                            Err(e) => {
+                                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis subscriber connection failed");
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(s) = stream.as_mut() else { continue };
+            tokio::select! {
+                biased;
+                msg = s.next() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => {
+                        tracing::warn!("redis subscriber connection lost; reconnecting");
+                        stream = None;
+                        self.on_disconnect();
+                        backoff = BACKOFF_MIN;
+                    }
+                },
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                Some(i) = self.internal.1.recv() => self.on_internal(i),
+            }
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        tracing::debug!("redis broker task stopped");
+    }
+
+    /// Opens the connection, re-subscribes every held channel, then tells every holder
+    /// to resync.
+    async fn connect(&mut self) -> Result<PubSubStream, String> {
+        let conn = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (sink, stream) = conn.split();
+        self.generation += 1;
+        let held: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.refs > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.entries.retain(|_, e| e.refs > 0);
+        let results = futures_util::stream::iter(held.into_iter().map(|ch| {
+            let mut sink = sink.clone();
+            async move {
+                let r = sink.subscribe(ch.as_ref()).await;
+                (ch, r)
+            }
+        }))
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+        for (ch, r) in results {
+            if let Err(e) = r {
+                return Err(format!("re-subscribe failed: {e}"));
+            }
+            if let Some(entry) = self.entries.get_mut(&ch) {
+                entry.state = State::Active;
+                let waiters = std::mem::take(&mut entry.waiters);
+                self.reply_waiters(&ch, waiters);
+            }
+        }
+        self.sink = Some(sink);
+        self.channels.store(self.entries.len(), Ordering::Relaxed);
+        self.connected.store(true, Ordering::Relaxed);
+        self.resync.send_modify(|v| *v += 1);
+        tracing::info!(
+            channels = self.entries.len(),
+            generation = self.generation,
+            "redis subscriber connected"
+        );
+        Ok(stream)
+    }
+
+    fn on_disconnect(&mut self) {
+        self.sink = None;
+        self.connected.store(false, Ordering::Relaxed);
+        for entry in self.entries.values_mut() {
+            // Everything held is re-subscribed on reconnect.
+            entry.state = State::Subscribing;
+        }
+    }
+
+    fn on_message(&mut self, msg: redis::Msg) {
+        let Some(entry) = self.entries.get(msg.get_channel_name()) else {
+            return;
+        };
+        match std::str::from_utf8(msg.get_payload_bytes()) {
+            Ok(text) => {
+                // No receiver only means every holder is gone and a release is queued.
+                let _ = entry.tx.send(Arc::from(text));
+            }
+            Err(_) => tracing::warn!(channel = msg.get_channel_name(), "non-UTF-8 payload dropped"),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe { channel, reply } => {
+                let entry = self.entries.entry(channel.clone()).or_insert_with(|| Entry {
+                    tx: broadcast::channel(FANOUT_CAPACITY).0,
+                    refs: 0,
+                    state: State::Subscribing,
+                    waiters: Vec::new(),
+                });
+                entry.refs += 1;
+                let fresh = entry.refs == 1 && entry.waiters.is_empty();
+                match entry.state {
+                    State::Active => {
+                        if let Some(sub) = self.make_subscription(&channel) {
+                            // A failed send drops `sub`, whose Drop releases the reference.
+                            let _ = reply.send(sub);
+                        }
+                    }
+                    State::Subscribing => {
+                        entry.waiters.push(reply);
+                        if fresh {
+                            self.send_subscribe(channel);
+                        }
+                    }
+                    State::Unsubscribing => entry.waiters.push(reply),
+                }
+                self.channels.store(self.entries.len(), Ordering::Relaxed);
+            }
+            Command::Release { channel } => {
+                let Some(entry) = self.entries.get_mut(&channel) else {
+                    return;
+                };
+                entry.refs = entry.refs.saturating_sub(1);
+                if entry.refs == 0 {
+                    match entry.state {
+                        State::Active => {
+                            entry.state = State::Unsubscribing;
+                            self.send_unsubscribe(channel);
+                        }
+                        State::Subscribing if self.sink.is_none() => {
+                            self.entries.remove(&channel);
+                        }
+                        // Confirmation pending: handled when it arrives.
+                        State::Subscribing | State::Unsubscribing => {}
+                    }
+                }
+                self.channels.store(self.entries.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::Subscribed {
+                channel,
+                generation,
+                ok,
+            } => {
+                if generation != self.generation {
+                    return; // The reconnect path re-subscribed it.
+                }
+                let Some(entry) = self.entries.get_mut(&channel) else {
+                    return;
+                };
+                if entry.state != State::Subscribing {
+                    return;
+                }
+                let waiters = std::mem::take(&mut entry.waiters);
+                if !ok {
+                    // Dropping the waiters tells each subscriber it failed.
+                    entry.refs = entry.refs.saturating_sub(waiters.len());
+                    drop(waiters);
+                    if entry.refs == 0 {
+                        self.entries.remove(&channel);
+                    }
+                } else {
+                    entry.state = State::Active;
+                    self.reply_waiters(&channel, waiters);
+                    if let Some(entry) = self.entries.get_mut(&channel) {
+                        if entry.refs == 0 {
+                            entry.state = State::Unsubscribing;
+                            self.send_unsubscribe(channel);
+                        }
+                    }
+                }
+                self.channels.store(self.entries.len(), Ordering::Relaxed);
+            }
+            Internal::Unsubscribed {
+                channel,
+                generation,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                let Some(entry) = self.entries.get_mut(&channel) else {
+                    return;
+                };
+                if entry.state != State::Unsubscribing {
+                    return;
+                }
+                if entry.refs > 0 {
+                    entry.state = State::Subscribing;
+                    self.send_subscribe(channel);
+                } else {
+                    self.entries.remove(&channel);
+                }
+                self.channels.store(self.entries.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands each waiter its subscription. A waiter that gave up is not counted.
+    fn reply_waiters(&mut self, channel: &Arc<str>, waiters: Vec<Reply>) {
+        for w in waiters {
+            if w.is_closed() {
+                if let Some(entry) = self.entries.get_mut(channel) {
+                    entry.refs = entry.refs.saturating_sub(1);
+                }
+                continue;
+            }
+            if let Some(sub) = self.make_subscription(channel) {
+                // If the waiter went away just now, dropping `sub` queues its release.
+                let _ = w.send(sub);
+            }
+        }
+    }
+
+    fn make_subscription(&self, channel: &Arc<str>) -> Option<Subscription> {
+        let entry = self.entries.get(channel)?;
+        Some(Subscription::new(
+            entry.tx.subscribe(),
+            self.resync.subscribe(),
+            Release::Redis(self.cmd_tx.clone(), channel.clone()),
+        ))
+    }
+
+    fn send_subscribe(&self, channel: Arc<str>) {
+        let Some(mut sink) = self.sink.clone() else {
+            return; // Subscribed on reconnect.
+        };
+        let tx = self.internal.0.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            let ok = match sink.subscribe(channel.as_ref()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SUBSCRIBE failed");
+                    false
+                }
+            };
+            let _ = tx.send(Internal::Subscribed {
+                channel,
+                generation,
+                ok,
+            });
+        });
+    }
+
+    fn send_unsubscribe(&self, channel: Arc<str>) {
+        let Some(mut sink) = self.sink.clone() else {
+            return;
+        };
+        let tx = self.internal.0.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            if let Err(e) = sink.unsubscribe(channel.as_ref()).await {
+                tracing::debug!(error = %e, "UNSUBSCRIBE failed");
+            }
+            let _ = tx.send(Internal::Unsubscribed {
+                channel,
+                generation,
+            });
+        });
+    }
+}

@@ -1,0 +1,155 @@
+//! [`PaymentStore`]: a payment's state in Redis.
+//!
+//! Writes go through `payment.lua` only (see the script's header for its contract).
+//! Reads return the STATE JSON exactly as stored and published, so the gateway can
+//! forward it without re-encoding.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{RedisPool, StoreError};
+use crate::ids::CheckoutRequestId;
+use crate::keyspace::Keyspace;
+use crate::payment::{PaymentOutcome, PaymentState};
+
+static PAYMENT_LUA: &str = include_str!("payment.lua");
+
+/// What recording a pending payment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Stored as PENDING; carries the STATE JSON.
+    Pending(String),
+    /// A callback had already arrived for it: the payment went straight to its final
+    /// state, which was published. Carries the final STATE JSON.
+    AppliedEarly(String),
+    /// A record already existed (a retry, or a CheckoutRequestID collision); untouched.
+    AlreadyExists(String),
+}
+
+/// What applying a final outcome did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// PENDING → final, written and published. Carries the final STATE JSON.
+    Applied(String),
+    /// Already final (a duplicate callback): nothing written, nothing published.
+    Duplicate,
+    /// No pending record yet: the outcome was kept for the pending write to apply.
+    Early,
+    /// The callback token does not belong to this payment: nothing changed.
+    Forbidden,
+    /// A trusted outcome for a payment we do not know.
+    NotFound,
+}
+
+#[derive(Clone)]
+pub struct PaymentStore {
+    pool: RedisPool,
+    keys: Keyspace,
+    script: Script,
+    ttl: Duration,
+}
+
+impl PaymentStore {
+    /// `ttl` bounds how long a payment (pending or final) is kept.
+    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration) -> Self {
+        Self {
+            pool,
+            keys,
+            script: Script::new(PAYMENT_LUA),
+            ttl,
+        }
+    }
+
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    async fn run(
+        &self,
+        id: &CheckoutRequestId,
+        args: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = self.script.key(self.keys.payment(id));
+        inv.key(self.keys.payment_channel(id));
+        for a in args {
+            inv.arg(*a);
+        }
+        let reply: Vec<String> = tokio::time::timeout(
+            self.pool.command_timeout(),
+            inv.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        Ok(reply)
+    }
+
+    /// Records a payment Daraja has just accepted, bound to its callback token nonce.
+    pub async fn record_pending(
+        &self,
+        state: &PaymentState,
+        callback_nonce: &str,
+    ) -> Result<RecordOutcome, StoreError> {
+        let json = serde_json::to_string(state).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let ttl = self.ttl.as_secs().max(1).to_string();
+        let reply = self
+            .run(
+                &state.checkout_request_id,
+                &["pending", callback_nonce, &json, &ttl],
+            )
+            .await?;
+        let mut it = reply.into_iter();
+        match (it.next().as_deref(), it.next()) {
+            (Some("PENDING"), Some(s)) => Ok(RecordOutcome::Pending(s)),
+            (Some("FINAL"), Some(s)) => Ok(RecordOutcome::AppliedEarly(s)),
+            (Some("EXISTS"), Some(s)) => Ok(RecordOutcome::AlreadyExists(s)),
+            (tag, _) => Err(StoreError::Protocol(format!("payment.lua pending: {tag:?}"))),
+        }
+    }
+
+    /// Applies a final outcome. `callback_nonce` is the nonce of the callback token that
+    /// delivered it; `None` marks a trusted source (STK Push Query), which skips the
+    /// token check and never creates an early record.
+    pub async fn apply_final(
+        &self,
+        id: &CheckoutRequestId,
+        callback_nonce: Option<&str>,
+        outcome: &PaymentOutcome,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let json =
+            serde_json::to_string(outcome).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let ttl = self.ttl.as_secs().max(1).to_string();
+        let reply = self
+            .run(id, &["final", callback_nonce.unwrap_or(""), &json, &ttl])
+            .await?;
+        let mut it = reply.into_iter();
+        match (it.next().as_deref(), it.next()) {
+            (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied(s)),
+            (Some("DUPLICATE"), _) => Ok(ApplyOutcome::Duplicate),
+            (Some("EARLY"), _) => Ok(ApplyOutcome::Early),
+            (Some("FORBIDDEN"), _) => Ok(ApplyOutcome::Forbidden),
+            (Some("NOT_FOUND"), _) => Ok(ApplyOutcome::NotFound),
+            (tag, _) => Err(StoreError::Protocol(format!("payment.lua final: {tag:?}"))),
+        }
+    }
+
+    /// The current STATE JSON, or `None` if no payment (or only an early callback) is known.
+    pub async fn get(&self, id: &CheckoutRequestId) -> Result<Option<String>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let state: Option<String> = tokio::time::timeout(
+            self.pool.command_timeout(),
+            redis::cmd("HGET")
+                .arg(self.keys.payment(id))
+                .arg("state")
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        Ok(state)
+    }
+}
