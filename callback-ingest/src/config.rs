@@ -47,7 +47,16 @@ impl IngestSettings {
     }
 
     pub fn load_from(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(DEFAULTS, file, ENV_PREFIX, &[])?;
+        Self::load_with(file, None)
+    }
+
+    /// Like [`Self::load_from`], with `extra` TOML layered over the file (for tests and
+    /// embedders).
+    pub fn load_with(
+        file: Option<&std::path::Path>,
+        extra: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &[])?;
         s.validate()?;
         Ok(s)
     }

@@ -76,7 +76,16 @@ impl GatewaySettings {
     }
 
     pub fn load_from(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(DEFAULTS, file, ENV_PREFIX, &["api.keys"])?;
+        Self::load_with(file, None)
+    }
+
+    /// Like [`Self::load_from`], with `extra` TOML layered over the file (for tests and
+    /// embedders).
+    pub fn load_with(
+        file: Option<&std::path::Path>,
+        extra: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &["api.keys"])?;
         s.validate()?;
         Ok(s)
     }

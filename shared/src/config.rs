@@ -25,12 +25,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Loads `T` from `defaults` (TOML text), then `file` if given, then env vars that start
-/// with `<env_prefix>__`. Keys listed in `list_keys` are split on commas when they come
-/// from the environment.
+/// Loads `T` from `defaults` (TOML text), then `file` if given, then `extra` (TOML text,
+/// used by tests and embedders), then env vars that start with `<env_prefix>__`. Keys
+/// listed in `list_keys` are split on commas when they come from the environment.
 pub fn load<T: DeserializeOwned>(
     defaults: &str,
     file: Option<&Path>,
+    extra: Option<&str>,
     env_prefix: &str,
     list_keys: &[&str],
 ) -> Result<T, ConfigError> {
@@ -48,6 +49,9 @@ pub fn load<T: DeserializeOwned>(
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path.to_path_buf()).required(true));
+    }
+    if let Some(extra) = extra {
+        builder = builder.add_source(config::File::from_str(extra, config::FileFormat::Toml));
     }
     let cfg = builder.add_source(env).build()?;
     Ok(cfg.try_deserialize()?)
@@ -175,7 +179,7 @@ command_timeout_ms = 1000
         // A unique prefix keeps this test's variables away from any other.
         std::env::set_var("CFGTEST1__REDIS__KEY_PREFIX", "fromenv");
         std::env::set_var("CFGTEST1__LIST", "x,y");
-        let s: Sample = load(DEFAULTS, Some(&file), "CFGTEST1", &["list"]).unwrap();
+        let s: Sample = load(DEFAULTS, Some(&file), None, "CFGTEST1", &["list"]).unwrap();
         assert_eq!(s.redis.pool_size, 3);
         assert_eq!(s.redis.key_prefix, "fromenv");
         assert_eq!(s.list, vec!["x".to_string(), "y".to_string()]);
