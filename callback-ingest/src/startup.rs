@@ -13,6 +13,7 @@ use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool};
 use stk_relay_shared::token::CallbackTokens;
+use stk_relay_shared::http::RedactedRootSpan;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::IngestSettings;
@@ -57,7 +58,7 @@ impl Application {
         let data = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<RedactedRootSpan>::new())
                 .app_data(data.clone())
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))

@@ -25,6 +25,7 @@ use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 use tokio::sync::Notify;
+use stk_relay_shared::http::RedactedRootSpan;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::ApiKeys;
@@ -140,7 +141,7 @@ impl Application {
         let data = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<RedactedRootSpan>::new())
                 .app_data(data.clone())
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))

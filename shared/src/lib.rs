@@ -8,6 +8,7 @@
 //! - [`store`]: payment state in Redis: the one Lua script that changes a status.
 //! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
+//! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
 //! - [`config`]: layered configuration loading and the shared settings sections.
 //! - [`telemetry`]: tracing set-up (text or JSON).
 //! - [`shutdown`]: the explicit shutdown handle.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod daraja;
+pub mod http;
 pub mod ids;
 pub mod keyspace;
 pub mod payment;

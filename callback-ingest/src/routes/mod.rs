@@ -7,36 +7,22 @@ pub mod health;
 pub mod stk_callback;
 
 use actix_web::{web, HttpRequest};
-use futures_util::StreamExt;
+use stk_relay_shared::http::BodyError;
 
 use crate::error::IngestError;
 
-/// Reads a request body of at most `limit` bytes; refuses early on a larger
-/// Content-Length.
+/// Reads a bounded request body (`shared::http::read_body`), mapping its errors.
 pub async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, IngestError> {
-    if let Some(len) = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(IngestError::TooLarge { limit });
-        }
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| IngestError::Internal(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(IngestError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    stk_relay_shared::http::read_body(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => IngestError::TooLarge { limit },
+            BodyError::Read(e) => IngestError::Internal(format!("reading body: {e}")),
+        })
 }
 
 /// JSON 404 / 405 for everything that is not a route.

@@ -9,34 +9,22 @@ pub mod payments;
 pub mod push;
 
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures_util::StreamExt;
+use stk_relay_shared::http::BodyError;
 
 use crate::error::ApiError;
 
-/// Reads a request body of at most `limit` bytes; refuses early on a larger
-/// Content-Length.
+/// Reads a bounded request body (`shared::http::read_body`), mapping its errors.
 pub async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Malformed(format!("could not read body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    stk_relay_shared::http::read_body(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => ApiError::TooLarge { limit },
+            BodyError::Read(e) => ApiError::Malformed(format!("could not read body: {e}")),
+        })
 }
 
 /// JSON 404 for unknown routes, 405 for a known path with the wrong method.

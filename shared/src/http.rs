@@ -1,0 +1,88 @@
+//! Edge helpers for the HTTP services (no handlers): a request span that never records
+//! secrets, and a bounded body reader.
+//!
+//! The default `tracing-actix-web` span records the request target, which would put
+//! callback tokens (in the path) and subscribe tokens (in the query) into every log
+//! line. [`RedactedRootSpan`] records the matched route pattern instead, e.g.
+//! `/v1/callbacks/stk/{callback_token}`.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{web, HttpMessage, HttpRequest};
+use futures_util::StreamExt;
+use tracing::Span;
+use tracing_actix_web::{RequestId, RootSpanBuilder};
+
+/// Root span per request: method, route pattern, request id, status. No target, no
+/// query string, no headers.
+pub struct RedactedRootSpan;
+
+impl RootSpanBuilder for RedactedRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        tracing::info_span!(
+            "http_request",
+            http.method = %request.method(),
+            http.route = %route,
+            request_id = %request_id,
+            http.status_code = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        let status = match outcome {
+            Ok(resp) => resp.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        span.record("http.status_code", status);
+        if status >= 500 {
+            let _e = span.enter();
+            tracing::warn!(status, "request failed");
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read request body: {0}")]
+    Read(String),
+}
+
+/// Reads a request body of at most `limit` bytes; refuses at once when the declared
+/// Content-Length is larger, and stops reading as soon as the limit is passed.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, BodyError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
