@@ -69,7 +69,10 @@ fn fixture_corpus() {
         }
     }
     // Guards against a test that passes because nothing was read.
-    assert!(good >= 5 && bad >= 6, "found {good} ok and {bad} bad fixtures");
+    assert!(
+        good >= 5 && bad >= 6,
+        "found {good} ok and {bad} bad fixtures"
+    );
 }
 
 #[test]
@@ -265,8 +268,7 @@ fn arb_result_code() -> impl Strategy<Value = (Value, ResultCode)> {
             };
             (wire, ResultCode::Code(n))
         }),
-        "SFC_[A-Z0-9_]{1,20}"
-            .prop_map(|s| (Value::from(s.clone()), ResultCode::Other(s))),
+        "SFC_[A-Z0-9_]{1,20}".prop_map(|s| (Value::from(s.clone()), ResultCode::Other(s))),
     ]
 }
 
@@ -431,7 +433,7 @@ proptest! {
     fn valid_callbacks_parse_to_their_values(case in arb_case()) {
         let body = to_bytes(&case.body);
         match parse_checked(&body) {
-            Ok(cb) => prop_assert_eq!(cb, case.expected),
+            Ok(cb) => prop_assert_eq!(&cb, &case.expected),
             Err(e) => prop_assert!(false, "valid callback rejected: {}\n{}", e, case.body),
         }
         // Pretty-printed (Daraja's own samples are) parses the same.

@@ -1,1 +1,45 @@
-//! Placeholder
+//! The cross-process end-to-end harness: it runs the real binaries against a real
+//! `redis-server` and checks the public contract from the outside.
+//!
+//! - [`bins`]: finds the service binaries under the target dir, building them once if needed.
+//! - [`redis_server`]: a private `redis-server` on a free port that can be killed and restarted.
+//! - [`process`]: a running service process: its URL, its logs, `kill` and `terminate`.
+//! - [`cluster`]: one Redis, the simulator, two gateways and two ingest nodes, plus the
+//!   merchant-side and browser-side helpers the tests use.
+//! - [`sim`]: the simulator's control API (`/sim/records`, `/sim/complete`, …).
+//! - [`daraja`]: Daraja-format callback bodies, built in Daraja's exact shape.
+//! - [`expect`]: shared checks on a payment's state.
+//! - [`ws`] and [`sse`]: small browser clients that yield parsed server messages.
+//! - [`wait`]: bounded waiting on a condition (readiness), never a fixed sleep.
+//!
+//! Every await in the harness is bounded by [`STEP`] unless stated otherwise, so a broken
+//! system fails a test quickly instead of hanging it.
+
+pub mod bins;
+pub mod cluster;
+pub mod daraja;
+pub mod expect;
+pub mod process;
+pub mod redis_server;
+pub mod sim;
+pub mod sse;
+pub mod wait;
+pub mod ws;
+
+use std::time::Duration;
+
+pub use cluster::{Cluster, ClusterOptions};
+
+/// The bound on one await: a message, a response, a readiness check.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A random lowercase alphanumeric string, for secrets, key prefixes and receipts.
+pub fn random_alnum(len: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng as _;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(|b| char::from(b).to_ascii_lowercase())
+        .collect()
+}

@@ -257,17 +257,24 @@ impl Task {
         .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await;
-        for (ch, r) in results {
-            if let Err(e) = r {
-                return Err(format!("re-subscribe failed: {e}"));
-            }
+        if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
+            return Err(format!("re-subscribe failed: {e}"));
+        }
+        self.sink = Some(sink);
+        for (ch, _) in results {
             if let Some(entry) = self.entries.get_mut(&ch) {
                 entry.state = State::Active;
                 let waiters = std::mem::take(&mut entry.waiters);
                 self.reply_waiters(&ch, waiters);
             }
+            // Every holder may have given up while we were reconnecting.
+            if let Some(entry) = self.entries.get_mut(&ch) {
+                if entry.refs == 0 {
+                    entry.state = State::Unsubscribing;
+                    self.send_unsubscribe(ch);
+                }
+            }
         }
-        self.sink = Some(sink);
         self.channels.store(self.entries.len(), Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);
         self.resync.send_modify(|v| *v += 1);

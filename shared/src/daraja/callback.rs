@@ -140,7 +140,8 @@ pub struct StkCallback {
     pub result_code: ResultCode,
     /// Informational only; `""` when Daraja sent none.
     pub result_desc: String,
-    /// Empty on failures: Daraja sends `CallbackMetadata` only on success.
+    /// Daraja sends `CallbackMetadata` only on success; if a failure carries one anyway
+    /// it is parsed (and validated) the same way.
     pub metadata: CallbackMetadata,
 }
 

@@ -151,7 +151,9 @@ impl DarajaClientSettings {
             return invalid("connect_timeout_ms must not exceed request_timeout_ms");
         }
         if self.token_refresh_margin_secs >= 3600 {
-            return invalid("token_refresh_margin_secs must be less than 3600 (tokens live an hour)");
+            return invalid(
+                "token_refresh_margin_secs must be less than 3600 (tokens live an hour)",
+            );
         }
         Ok(())
     }
@@ -251,9 +253,19 @@ fn refresh_after(expires_in_secs: u64, margin_secs: u64) -> Duration {
     Duration::from_secs(expires_in_secs - margin)
 }
 
+#[derive(Clone, Copy)]
 enum Op {
     Push,
     Query,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Query => "query",
+        }
+    }
 }
 
 impl DarajaClient {
@@ -328,13 +340,14 @@ impl DarajaClient {
             };
             let (status, body) = self.call(Op::Push, STK_PUSH_PATH, build).await?;
             let resp = parse_push_response(status, &body)?;
-            tracing::Span::current().record("checkout_request_id", resp.checkout_request_id.as_str());
+            tracing::Span::current()
+                .record("checkout_request_id", resp.checkout_request_id.as_str());
             tracing::info!("STK push accepted by Daraja");
             Ok(resp)
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
-        .inspect_err(|e| log_error("STK push failed", e))
+        .inspect_err(|e| span.in_scope(|| log_error("STK push failed", e)))
     }
 
     /// Asks Daraja where a push stands. "Being processed" is [`StkQueryStatus::Pending`].
@@ -350,12 +363,15 @@ impl DarajaClient {
             };
             let (status, body) = self.call(Op::Query, STK_QUERY_PATH, build).await?;
             let result = parse_query_response(status, &body, id)?;
-            tracing::debug!(pending = matches!(result, StkQueryStatus::Pending), "STK query answered");
+            tracing::debug!(
+                pending = matches!(result, StkQueryStatus::Pending),
+                "STK query answered"
+            );
             Ok(result)
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
-        .inspect_err(|e| log_error("STK query failed", e))
+        .inspect_err(|e| span.in_scope(|| log_error("STK query failed", e)))
     }
 
     /// Sends one authenticated POST: token, timestamp and password, the connect-error
@@ -388,22 +404,18 @@ impl DarajaClient {
                         .json(&body)
                 })
                 .await?;
-            if (status == 401 || status == 404) && !auth_retried {
-                if let DarajaError::Api { .. } = parse_error(status, &bytes) {
-                    if parse_error(status, &bytes).is_invalid_token() {
-                        tracing::info!(
-                            op = match op {
-                                Op::Push => "push",
-                                Op::Query => "query",
-                            },
-                            status,
-                            "Daraja rejected the access token; fetching a new one and retrying once"
-                        );
-                        self.invalidate(generation);
-                        auth_retried = true;
-                        continue;
-                    }
-                }
+            if (status == 401 || status == 404)
+                && !auth_retried
+                && parse_error(status, &bytes).is_invalid_token()
+            {
+                tracing::info!(
+                    op = op.as_str(),
+                    status,
+                    "Daraja rejected the access token; fetching a new one and retrying once"
+                );
+                self.invalidate(generation);
+                auth_retried = true;
+                continue;
             }
             return Ok((status, bytes));
         }
@@ -569,12 +581,15 @@ fn log_error(what: &str, e: &DarajaError) {
 }
 
 fn check_callback_url(url: &str) -> Result<(), DarajaError> {
-    let bad = || DarajaError::InvalidRequest("callback_url must be an http(s) URL without spaces".into());
+    let bad =
+        || DarajaError::InvalidRequest("callback_url must be an http(s) URL without spaces".into());
     if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
     match reqwest::Url::parse(url) {
-        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => Ok(()),
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => {
+            Ok(())
+        }
         _ => Err(bad()),
     }
 }
@@ -736,11 +751,12 @@ fn parse_query_response(
             detail: "STK query answered for another CheckoutRequestID".into(),
         });
     }
-    let result_code =
-        ResultCode::from_text(&resp.result_code).ok_or_else(|| DarajaError::UnexpectedResponse {
+    let result_code = ResultCode::from_text(&resp.result_code).ok_or_else(|| {
+        DarajaError::UnexpectedResponse {
             status,
             detail: "STK query response with a malformed ResultCode".into(),
-        })?;
+        }
+    })?;
     Ok(StkQueryStatus::Final {
         merchant_request_id: resp.merchant_request_id,
         result_code,
@@ -749,6 +765,7 @@ fn parse_query_response(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
@@ -833,11 +850,20 @@ mod tests {
             429,
             br#"{"fault":{"faultstring":"Spike arrest violation. Allowed rate : 5ps","detail":{"errorcode":"policies.ratelimit.SpikeArrestViolation"}}}"#,
         );
-        assert_eq!(e.daraja_error_code(), Some(crate::daraja::error::SPIKE_ARREST_FAULT));
+        assert_eq!(
+            e.daraja_error_code(),
+            Some(crate::daraja::error::SPIKE_ARREST_FAULT)
+        );
         assert!(e.is_rate_limited());
         let e = parse_error(502, b"<html>bad gateway</html>");
-        assert!(matches!(e, DarajaError::UnexpectedResponse { status: 502, .. }));
-        let e = parse_error(404, br#"{"requestId":"x","errorCode":"404.001.03","errorMessage":"Invalid Access Token"}"#);
+        assert!(matches!(
+            e,
+            DarajaError::UnexpectedResponse { status: 502, .. }
+        ));
+        let e = parse_error(
+            404,
+            br#"{"requestId":"x","errorCode":"404.001.03","errorMessage":"Invalid Access Token"}"#,
+        );
         assert!(e.is_invalid_token());
     }
 
@@ -845,10 +871,16 @@ mod tests {
     fn query_pending_versus_errors() {
         let id = CheckoutRequestId::parse("ws_CO_21072024125130652700961992").unwrap();
         let pending = br#"{"requestId":"ws_CO_21072024125130652700961992","errorCode":"500.001.1001","errorMessage":"The transaction is being processed"}"#;
-        assert_eq!(parse_query_response(500, pending, &id).unwrap(), StkQueryStatus::Pending);
-        let wrong = br#"{"requestId":"r","errorCode":"500.001.1001","errorMessage":"Wrong credentials"}"#;
         assert_eq!(
-            parse_query_response(500, wrong, &id).unwrap_err().daraja_error_code(),
+            parse_query_response(500, pending, &id).unwrap(),
+            StkQueryStatus::Pending
+        );
+        let wrong =
+            br#"{"requestId":"r","errorCode":"500.001.1001","errorMessage":"Wrong credentials"}"#;
+        assert_eq!(
+            parse_query_response(500, wrong, &id)
+                .unwrap_err()
+                .daraja_error_code(),
             Some("500.001.1001")
         );
         let done = br#"{"ResponseCode":"0","ResponseDescription":"The service request has been accepted successsfully","MerchantRequestID":"m-1","CheckoutRequestID":"ws_CO_21072024125130652700961992","ResultCode":"1032","ResultDesc":"Request cancelled by user"}"#;
@@ -869,7 +901,12 @@ mod tests {
         let ok = br#"{"MerchantRequestID":"2654-4b64-97ff-b827b542881d3130","CheckoutRequestID":"ws_CO_1007202409152617172396192","ResponseCode":"0","ResponseDescription":"Success. Request accepted for processing","CustomerMessage":"Success. Request accepted for processing"}"#;
         assert!(parse_push_response(200, ok).is_ok());
         let not_zero = br#"{"MerchantRequestID":"m","CheckoutRequestID":"ws_CO_1","ResponseCode":"1","ResponseDescription":"Rejected","CustomerMessage":"Rejected"}"#;
-        assert_eq!(parse_push_response(200, not_zero).unwrap_err().daraja_error_code(), Some("1"));
+        assert_eq!(
+            parse_push_response(200, not_zero)
+                .unwrap_err()
+                .daraja_error_code(),
+            Some("1")
+        );
         let e = parse_push_response(200, b"{").unwrap_err();
         assert!(e.may_have_reached_daraja());
     }

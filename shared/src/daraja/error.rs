@@ -15,7 +15,9 @@ pub enum DarajaError {
     /// Daraja answered with its error body `{requestId, errorCode, errorMessage}`, or the
     /// Apigee gateway with a `fault` body (then `error_code` is `fault.detail.errorcode`,
     /// e.g. [`SPIKE_ARREST_FAULT`], and `request_id` is empty).
-    #[error("Daraja answered HTTP {status} {error_code}: {error_message} (requestId {request_id:?})")]
+    #[error(
+        "Daraja answered HTTP {status} {error_code}: {error_message} (requestId {request_id:?})"
+    )]
     Api {
         status: u16,
         error_code: String,
@@ -103,15 +105,15 @@ impl DarajaError {
                 may_have_reached_daraja,
             } => *may_have_reached_daraja,
             Self::ConnectionLost(_) | Self::UnexpectedResponse { .. } => true,
-            Self::Auth { .. }
-            | Self::Transport(_)
-            | Self::InvalidRequest(_)
-            | Self::Config(_) => false,
+            Self::Auth { .. } | Self::Transport(_) | Self::InvalidRequest(_) | Self::Config(_) => {
+                false
+            }
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
@@ -126,7 +128,10 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(api(400, "400.002.02").daraja_error_code(), Some("400.002.02"));
+        assert_eq!(
+            api(400, "400.002.02").daraja_error_code(),
+            Some("400.002.02")
+        );
         assert_eq!(DarajaError::Transport("x".into()).daraja_error_code(), None);
         assert!(api(404, "404.001.03").is_invalid_token());
         assert!(api(401, "401.003.01").is_invalid_token());

@@ -136,6 +136,81 @@ impl CallbackAck {
     }
 }
 
+/// The STK callback as Daraja POSTs it to `CallBackURL`, for *writing* one (the
+/// simulator does). Incoming callbacks are parsed strictly by
+/// [`crate::daraja::callback::parse_callback`], not with this type.
+///
+/// `{"Body":{"stkCallback":{MerchantRequestID, CheckoutRequestID, ResultCode (number),
+/// ResultDesc, CallbackMetadata:{Item:[{Name, Value?}]} (success only)}}}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StkCallbackEnvelope {
+    #[serde(rename = "Body")]
+    pub body: StkCallbackBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StkCallbackBody {
+    #[serde(rename = "stkCallback")]
+    pub stk_callback: StkCallbackWire,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StkCallbackWire {
+    #[serde(rename = "MerchantRequestID")]
+    pub merchant_request_id: String,
+    #[serde(rename = "CheckoutRequestID")]
+    pub checkout_request_id: String,
+    /// A JSON number for numeric codes (genuine callbacks), a string otherwise.
+    #[serde(rename = "ResultCode")]
+    pub result_code: crate::payment::ResultCode,
+    #[serde(rename = "ResultDesc")]
+    pub result_desc: String,
+    /// Present only on success.
+    #[serde(
+        rename = "CallbackMetadata",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_metadata: Option<CallbackMetadataWire>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackMetadataWire {
+    #[serde(rename = "Item")]
+    pub item: Vec<CallbackItemWire>,
+}
+
+/// One `{"Name", "Value"}` item. `Value` may be absent (Daraja sends `{"Name":"Balance"}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackItemWire {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+impl CallbackItemWire {
+    pub fn new(name: &str, value: impl Into<serde_json::Value>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// An item without a `Value` key.
+    pub fn empty(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: None,
+        }
+    }
+}
+
+/// Query's final-state `ResponseDescription`, spelled as Daraja spells it.
+pub const QUERY_ACCEPTED_DESC: &str = "The service request has been accepted successsfully";
+/// STK Push's success `ResponseDescription` and `CustomerMessage`.
+pub const PUSH_ACCEPTED_DESC: &str = "Success. Request accepted for processing";
+
 /// Transaction type names.
 pub const PAYBILL: &str = "CustomerPayBillOnline";
 pub const BUY_GOODS: &str = "CustomerBuyGoodsOnline";
@@ -222,6 +297,45 @@ mod tests {
         // Daraja's own samples send numbers for these fields.
         let n: StkPushRequest = serde_json::from_str(r#"{"BusinessShortCode":174379,"Password":"pw","Timestamp":"20160216165627","TransactionType":"CustomerPayBillOnline","Amount":1,"PartyA":254708374149,"PartyB":174379,"PhoneNumber":254708374149,"CallBackURL":"https://example.com/cb","AccountReference":"ORDER1","TransactionDesc":"Payment"}"#).unwrap();
         assert_eq!(n, r);
+    }
+
+    #[test]
+    fn callback_wire_golden() {
+        let cb = StkCallbackEnvelope {
+            body: StkCallbackBody {
+                stk_callback: StkCallbackWire {
+                    merchant_request_id: "29115-34620561-1".into(),
+                    checkout_request_id: "ws_CO_191220191020363925".into(),
+                    result_code: crate::payment::ResultCode::Code(0),
+                    result_desc: "The service request is processed successfully.".into(),
+                    callback_metadata: Some(CallbackMetadataWire {
+                        item: vec![
+                            CallbackItemWire::new("Amount", 1),
+                            CallbackItemWire::new("MpesaReceiptNumber", "NLJ7RT61SV"),
+                            CallbackItemWire::empty("Balance"),
+                            CallbackItemWire::new("TransactionDate", 20191219102115_u64),
+                            CallbackItemWire::new("PhoneNumber", 254708374149_u64),
+                        ],
+                    }),
+                },
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&cb).unwrap(),
+            r#"{"Body":{"stkCallback":{"MerchantRequestID":"29115-34620561-1","CheckoutRequestID":"ws_CO_191220191020363925","ResultCode":0,"ResultDesc":"The service request is processed successfully.","CallbackMetadata":{"Item":[{"Name":"Amount","Value":1},{"Name":"MpesaReceiptNumber","Value":"NLJ7RT61SV"},{"Name":"Balance"},{"Name":"TransactionDate","Value":20191219102115},{"Name":"PhoneNumber","Value":254708374149}]}}}}"#
+        );
+        let fail = StkCallbackWire {
+            result_code: crate::payment::ResultCode::Code(1032),
+            result_desc: "Request cancelled by user".into(),
+            callback_metadata: None,
+            ..cb.body.stk_callback.clone()
+        };
+        let json = serde_json::to_string(&fail).unwrap();
+        assert!(json.contains(r#""ResultCode":1032"#) && !json.contains("CallbackMetadata"));
+        // The strict parser accepts what we write.
+        let parsed =
+            crate::daraja::callback::parse_callback(serde_json::to_vec(&cb).unwrap().as_slice());
+        assert!(parsed.is_ok(), "{parsed:?}");
     }
 
     #[test]
