@@ -25,6 +25,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still in progress")]
     IdempotencyInProgress,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
     #[error("request body exceeds {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
@@ -53,6 +55,7 @@ impl ApiError {
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             Self::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::Validation(_) => ErrorCode::ValidationFailed,
             Self::Daraja { .. } => ErrorCode::DarajaError,
             Self::DarajaTimeout => ErrorCode::DarajaTimeout,

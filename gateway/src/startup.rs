@@ -162,6 +162,9 @@ impl Application {
         })
         .listen(listener)?
         .disable_signals()
+        // Longer than the idle timeout of common load balancers (60 s), so that the
+        // balancer, not the gateway, closes idle upstream connections.
+        .keep_alive(Duration::from_secs(75))
         .shutdown_timeout(settings.server.shutdown_timeout().as_secs().max(1));
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -245,3 +245,32 @@ passkey = "p"
     let err = GatewaySettings::load_with(None, Some(short)).expect_err("short key");
     assert!(err.to_string().contains("16"), "{err}");
 }
+
+#[tokio::test]
+async fn non_json_content_types_get_415() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .post(format!("{}/v1/stk/push", app.base))
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .header("content-type", "text/plain")
+        .body(json!({"phone":"0712345678","amount":10,"account_reference":"A"}).to_string())
+        .send()
+        .await
+        .expect("request");
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (415, "UNSUPPORTED_MEDIA_TYPE"));
+}
+
+#[tokio::test]
+async fn unknown_payment_subpaths_get_404() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .get(format!("{}/v1/payments/ws_CO_1/other", app.base))
+        .send()
+        .await
+        .expect("request");
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+}

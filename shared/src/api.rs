@@ -23,7 +23,8 @@ pub struct PushRequest {
 pub struct PushResponse {
     pub checkout_request_id: String,
     pub merchant_request_id: String,
-    /// Always `"PENDING"` in this response.
+    /// `"PENDING"`, or already the final status in the rare case that Daraja's callback
+    /// reached an ingest node before this response was written.
     pub status: String,
     pub customer_message: String,
     /// Subscribe token for this one payment, for the browser.

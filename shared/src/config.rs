@@ -35,23 +35,36 @@ pub fn load<T: DeserializeOwned>(
     env_prefix: &str,
     list_keys: &[&str],
 ) -> Result<T, ConfigError> {
-    let mut env = config::Environment::with_prefix(env_prefix)
+    // No type guessing: a secret made of digits must stay a string with its leading
+    // zeros. Numbers and booleans are converted from the string where the target field
+    // is numeric or boolean. List keys are split on commas here, explicitly.
+    let env = config::Environment::with_prefix(env_prefix)
         .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true);
-    if !list_keys.is_empty() {
-        env = env.list_separator(",");
-        for k in list_keys {
-            env = env.with_list_parse_key(k);
-        }
-    }
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
+        .separator("__");
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        defaults,
+        config::FileFormat::Toml,
+    ));
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path.to_path_buf()).required(true));
     }
     if let Some(extra) = extra {
         builder = builder.add_source(config::File::from_str(extra, config::FileFormat::Toml));
+    }
+    for key in list_keys {
+        let var = format!(
+            "{env_prefix}__{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+        if let Ok(raw) = std::env::var(&var) {
+            let items: Vec<String> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override(*key, items)?;
+        }
     }
     let cfg = builder.add_source(env).build()?;
     Ok(cfg.try_deserialize()?)
@@ -115,9 +128,9 @@ impl RedisSettings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.url.expose_secret();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if !url.starts_with("redis://") {
             return Err(ConfigError::Invalid(
-                "redis.url must start with redis:// or rediss://".into(),
+                "redis.url must start with redis:// (TLS to Redis is not supported yet)".into(),
             ));
         }
         if self.key_prefix.is_empty()
@@ -158,6 +171,8 @@ mod tests {
     struct Sample {
         redis: RedisSettings,
         list: Vec<String>,
+        #[serde(default)]
+        secret: Option<SecretString>,
     }
 
     const DEFAULTS: &str = r#"
@@ -179,8 +194,14 @@ command_timeout_ms = 1000
         // A unique prefix keeps this test's variables away from any other.
         std::env::set_var("CFGTEST1__REDIS__KEY_PREFIX", "fromenv");
         std::env::set_var("CFGTEST1__LIST", "x,y");
+        std::env::set_var("CFGTEST1__REDIS__POOL_SIZE", "5");
+        std::env::set_var("CFGTEST1__SECRET", "000123456789012345678901234567890");
         let s: Sample = load(DEFAULTS, Some(&file), None, "CFGTEST1", &["list"]).unwrap();
-        assert_eq!(s.redis.pool_size, 3);
+        assert_eq!(s.redis.pool_size, 5);
+        assert_eq!(
+            s.secret.as_ref().map(|x| x.expose_secret().to_owned()).as_deref(),
+            Some("000123456789012345678901234567890")
+        );
         assert_eq!(s.redis.key_prefix, "fromenv");
         assert_eq!(s.list, vec!["x".to_string(), "y".to_string()]);
         assert!(s.redis.validate().is_ok());
@@ -192,6 +213,7 @@ command_timeout_ms = 1000
         let r: Result<Sample, _> = load(
             DEFAULTS,
             Some(Path::new("/nonexistent/x.toml")),
+            None,
             "CFGTEST2",
             &[],
         );

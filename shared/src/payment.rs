@@ -142,8 +142,9 @@ impl std::fmt::Display for ResultCode {
     }
 }
 
-/// The public `STATE` object. Field names and order are part of the API contract; the
-/// golden test in this module pins them.
+/// The public `STATE` object. Field names and types are the API contract; the golden
+/// test in this module pins them. Key order is not part of the contract: the store's
+/// script re-encodes final states.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentState {

@@ -163,9 +163,7 @@ fn build(bins: &Binaries) -> Result<(), String> {
         }
     }
     eprintln!("e2e: building service binaries: {cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {cargo}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("running {cargo}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "`cargo build` failed ({}):\n{}",

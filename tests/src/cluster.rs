@@ -257,7 +257,12 @@ impl Cluster {
     }
 
     /// `GET /v1/payments/{id}`; returns the raw response.
-    pub async fn get_payment(&self, gw: usize, id: &str, auth: Auth<'_>) -> Result<reqwest::Response> {
+    pub async fn get_payment(
+        &self,
+        gw: usize,
+        id: &str,
+        auth: Auth<'_>,
+    ) -> Result<reqwest::Response> {
         let mut url = reqwest::Url::parse(&format!("{}/v1/payments/{id}", self.gateway(gw).url()))?;
         let mut req;
         match auth {
@@ -296,7 +301,12 @@ impl Cluster {
         url.to_string()
     }
 
-    pub async fn ws_connect(&self, gw: usize, id: &str, token: &str) -> Result<WsClient, WsConnectError> {
+    pub async fn ws_connect(
+        &self,
+        gw: usize,
+        id: &str,
+        token: &str,
+    ) -> Result<WsClient, WsConnectError> {
         WsClient::connect(&self.ws_url(gw, id, token)).await
     }
 
@@ -351,7 +361,11 @@ impl Cluster {
     /// The CallBackURL paths of many pushes, from one read of the simulator's records.
     pub async fn callback_paths_for(&self, ids: &[&str]) -> Result<HashMap<String, String>> {
         let by_phone = self.sim_ctl.callback_urls_by_phone().await?;
-        let phones = self.phones.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let phones = self
+            .phones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = HashMap::with_capacity(ids.len());
         for id in ids {
             let phone = phones
@@ -391,8 +405,14 @@ impl Cluster {
     }
 
     /// POSTs a Daraja callback body to an ingest node.
-    pub async fn post_callback(&self, ingest: usize, path: &str, body: &Value) -> Result<reqwest::Response> {
-        self.post_callback_bytes(ingest, path, serde_json::to_vec(body)?).await
+    pub async fn post_callback(
+        &self,
+        ingest: usize,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response> {
+        self.post_callback_bytes(ingest, path, serde_json::to_vec(body)?)
+            .await
     }
 
     /// POSTs a callback and expects Daraja's conventional 200 acknowledgement.
@@ -406,7 +426,10 @@ impl Cluster {
         let ack: CallbackAck = serde_json::from_str(&text)
             .with_context(|| format!("callback answer is not an ack: {text}"))?;
         if ack != CallbackAck::accepted() {
-            bail!("callback answer {ack:?}, expected {:?}", CallbackAck::accepted());
+            bail!(
+                "callback answer {ack:?}, expected {:?}",
+                CallbackAck::accepted()
+            );
         }
         Ok(())
     }
@@ -432,7 +455,13 @@ impl Cluster {
     }
 
     /// Delivers a Daraja failure callback for `p` through ingest node `ingest`.
-    pub async fn deliver_failure(&self, ingest: usize, p: &PushResponse, code: i64, desc: &str) -> Result<()> {
+    pub async fn deliver_failure(
+        &self,
+        ingest: usize,
+        p: &PushResponse,
+        code: i64,
+        desc: &str,
+    ) -> Result<()> {
         let path = self.callback_path_for(&p.checkout_request_id).await?;
         let body = daraja::failure(&p.merchant_request_id, &p.checkout_request_id, code, desc);
         self.deliver_callback(ingest, &path, &body).await

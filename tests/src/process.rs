@@ -224,8 +224,7 @@ mod tests {
             Some("http://127.0.0.1:4000")
         );
         assert_eq!(
-            parse_listening(r#"{"msg":"daraja-sim listening on http://127.0.0.1:9/"}"#)
-                .as_deref(),
+            parse_listening(r#"{"msg":"daraja-sim listening on http://127.0.0.1:9/"}"#).as_deref(),
             Some("http://127.0.0.1:9")
         );
         assert_eq!(parse_listening("starting"), None);

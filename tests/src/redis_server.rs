@@ -108,15 +108,22 @@ impl RedisServer {
             .with_context(|| format!("restarting redis on port {}", self.port))
     }
 
+    /// A control connection that stays open (so it keeps working while `maxclients`
+    /// refuses new connections).
+    pub async fn control(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        tokio::time::timeout(crate::STEP, client.get_multiplexed_async_connection())
+            .await
+            .context("connecting to redis")?
+            .context("connecting to redis")
+    }
+
     /// Runs one command on a fresh connection (for test control: `CLIENT KILL`, `ACL`).
     pub async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T> {
         let client = redis::Client::open(self.url())?;
-        let mut conn = tokio::time::timeout(
-            crate::STEP,
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .context("connecting to redis")??;
+        let mut conn = tokio::time::timeout(crate::STEP, client.get_multiplexed_async_connection())
+            .await
+            .context("connecting to redis")??;
         let mut cmd = redis::cmd(args.first().copied().unwrap_or("PING"));
         for a in args.iter().skip(1) {
             cmd.arg(*a);

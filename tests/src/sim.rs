@@ -118,7 +118,11 @@ impl SimControl {
     }
 
     /// `POST /sim/complete`, typed: the callback the simulator sent and the answer it got.
-    pub async fn complete_sent(&self, checkout_request_id: &str, result_code: i64) -> Result<SentCallback> {
+    pub async fn complete_sent(
+        &self,
+        checkout_request_id: &str,
+        result_code: i64,
+    ) -> Result<SentCallback> {
         let v = self.complete(checkout_request_id, result_code).await?;
         serde_json::from_value(v).context("/sim/complete did not answer a SentCallback")
     }
@@ -143,7 +147,9 @@ impl SimControl {
             let Some(body) = r.body else { continue };
             let push: StkPushRequest = serde_json::from_value(body)
                 .context("a recorded STK push body is not an StkPushRequest")?;
-            out.entry(push.phone_number).or_default().push(push.callback_url);
+            out.entry(push.phone_number)
+                .or_default()
+                .push(push.callback_url);
         }
         Ok(out)
     }

@@ -72,7 +72,10 @@ impl SseClient {
     }
 
     /// The next message, skipping heartbeats; the end of the stream is an error.
-    pub async fn next_message(&mut self, within: Duration) -> Result<(Option<String>, ServerMessageOwned)> {
+    pub async fn next_message(
+        &mut self,
+        within: Duration,
+    ) -> Result<(Option<String>, ServerMessageOwned)> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -135,8 +138,8 @@ fn parse_block(block: &str) -> Result<Option<SseEvent>> {
     }
     match data {
         Some(d) => {
-            let message: ServerMessageOwned = serde_json::from_str(&d)
-                .with_context(|| format!("unparseable SSE data: {d}"))?;
+            let message: ServerMessageOwned =
+                serde_json::from_str(&d).with_context(|| format!("unparseable SSE data: {d}"))?;
             Ok(Some(SseEvent::Message { event, message }))
         }
         None if comments > 0 || event.is_none() => Ok(Some(SseEvent::Comment)),

@@ -30,7 +30,9 @@ where
         }
         if Instant::now() >= deadline {
             match last_err {
-                Some(e) => bail!("timed out after {within:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {within:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {within:?} waiting for {what}"),
             }
         }

@@ -30,7 +30,10 @@ pub enum WsEvent {
 #[derive(Debug)]
 pub enum WsConnectError {
     /// The server answered the upgrade request with a non-101 status.
-    Http { status: u16, body: String },
+    Http {
+        status: u16,
+        body: String,
+    },
     Other(String),
 }
 
@@ -56,7 +59,9 @@ impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, WsConnectError> {
         let fut = tokio_tungstenite::connect_async(url);
         match tokio::time::timeout(crate::STEP, fut).await {
-            Err(_) => Err(WsConnectError::Other(format!("timed out connecting to {url}"))),
+            Err(_) => Err(WsConnectError::Other(format!(
+                "timed out connecting to {url}"
+            ))),
             Ok(Ok((stream, _resp))) => Ok(Self {
                 stream,
                 finished: false,
@@ -119,7 +124,14 @@ impl WsClient {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_event(left).await? {
+            let ev = match self.next_event(left).await {
+                Ok(ev) => ev,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    bail!("no server message within {within:?} (only pings): {e}")
+                }
+                Err(e) => return Err(e),
+            };
+            match ev {
                 WsEvent::Message(m) => return Ok(m),
                 WsEvent::Ping => continue,
                 other => bail!("socket ended while waiting for a message: {other:?}"),

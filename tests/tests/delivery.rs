@@ -46,7 +46,11 @@ async fn push_on_one_gateway_socket_on_other_callback_via_second_ingest() -> Res
     let resp = c.get_payment(0, id, Auth::Bearer(&c.api_key)).await?;
     ensure!(resp.status() == 200, "GET with API key: {}", resp.status());
     let via_get: PaymentState = resp.json().await?;
-    ensure!(via_get == done.data, "GET {via_get:?} != WS {:?}", done.data);
+    ensure!(
+        via_get == done.data,
+        "GET {via_get:?} != WS {:?}",
+        done.data
+    );
     Ok(())
 }
 
@@ -79,12 +83,21 @@ async fn callback_before_socket_gives_final_snapshot_first() -> Result<()> {
     let mut ws = c.ws_connect(0, qid, &q.token).await?;
     let first = ws.expect(MessageType::PaymentCompleted).await?;
     expect::failed(&first.data, qid, 1032, FailureReason::CancelledByUser)?;
-    ensure!(first.data.amount == Some(300), "a failure keeps the amount: {:?}", first.data);
+    ensure!(
+        first.data.amount == Some(300),
+        "a failure keeps the amount: {:?}",
+        first.data
+    );
     ws.expect_no_message(2, STEP).await?;
 
     let mut sse = c.sse_connect(1, qid, &q.token).await?;
     let first_sse = sse.expect(MessageType::PaymentCompleted).await?;
-    ensure!(first_sse.data == first.data, "SSE {:?} != WS {:?}", first_sse.data, first.data);
+    ensure!(
+        first_sse.data == first.data,
+        "SSE {:?} != WS {:?}",
+        first_sse.data,
+        first.data
+    );
     Ok(())
 }
 
@@ -114,17 +127,33 @@ async fn duplicate_callbacks_complete_once() -> Result<()> {
 
     // The simulator decides the push itself (another receipt) and sends it twice more.
     let sent = c.sim_ctl.complete_sent(id, 0).await?;
-    ensure!(sent.status == Some(200), "duplicate answered {:?}", sent.status);
+    ensure!(
+        sent.status == Some(200),
+        "duplicate answered {:?}",
+        sent.status
+    );
     let sent = c.sim_ctl.resend_sent(id).await?;
-    ensure!(sent.status == Some(200), "resend answered {:?}", sent.status);
+    ensure!(
+        sent.status == Some(200),
+        "resend answered {:?}",
+        sent.status
+    );
     ws.expect_no_message(2, STEP).await?;
     let after = c.payment_state(1, id, &p.token).await?;
-    ensure!(after == done.data, "a duplicate changed the state: {after:?}");
+    ensure!(
+        after == done.data,
+        "a duplicate changed the state: {after:?}"
+    );
 
     // A second socket gets the same final snapshot, and nothing else.
     let mut ws2 = c.ws_connect(0, id, &p.token).await?;
     let snap = ws2.expect(MessageType::PaymentCompleted).await?;
-    ensure!(snap.data == done.data, "snapshot {:?} != {:?}", snap.data, done.data);
+    ensure!(
+        snap.data == done.data,
+        "snapshot {:?} != {:?}",
+        snap.data,
+        done.data
+    );
     ws2.expect_no_message(2, STEP).await?;
 
     // Simulator mode 222: the success callback is sent twice by the simulator.
@@ -141,7 +170,11 @@ async fn duplicate_callbacks_complete_once() -> Result<()> {
         completed.push(ws.expect(MessageType::PaymentCompleted).await?.data);
     }
     ensure!(completed[0].status.is_final(), "{:?}", completed[0]);
-    ensure!(completed[0].mpesa_receipt_number.is_some(), "{:?}", completed[0]);
+    ensure!(
+        completed[0].mpesa_receipt_number.is_some(),
+        "{:?}",
+        completed[0]
+    );
     // Wait until the simulator has sent both copies, and both were acknowledged.
     let sends = wait::until("two callbacks sent by the simulator", STEP, || async {
         let sent = c.sim_ctl.callbacks_sent_for(did).await?;
@@ -149,7 +182,11 @@ async fn duplicate_callbacks_complete_once() -> Result<()> {
     })
     .await?;
     for s in &sends {
-        ensure!(s.status == Some(200), "a 222 copy was answered {:?}", s.status);
+        ensure!(
+            s.status == Some(200),
+            "a 222 copy was answered {:?}",
+            s.status
+        );
     }
     ws.expect_no_message(2, STEP).await?;
     Ok(())
@@ -182,10 +219,19 @@ async fn sse_and_get_fallbacks_match_websocket() -> Result<()> {
     let sse1 = sse.expect(MessageType::PaymentCompleted).await?;
     let ws1 = ws.expect(MessageType::PaymentCompleted).await?;
     expect::success(&sse1.data, id, 60, &receipt)?;
-    ensure!(ws1.data == sse1.data, "WS {:?} != SSE {:?}", ws1.data, sse1.data);
+    ensure!(
+        ws1.data == sse1.data,
+        "WS {:?} != SSE {:?}",
+        ws1.data,
+        sse1.data
+    );
     for gw in 0..2 {
         let s = c.payment_state(gw, id, &p.token).await?;
-        ensure!(s == sse1.data, "GET on gateway{gw}: {s:?} != {:?}", sse1.data);
+        ensure!(
+            s == sse1.data,
+            "GET on gateway{gw}: {s:?} != {:?}",
+            sse1.data
+        );
     }
     let mut late = c.sse_connect(0, id, &p.token).await?;
     let late1 = late.expect(MessageType::PaymentCompleted).await?;
@@ -227,7 +273,11 @@ async fn two_hundred_concurrent_payments_each_delivered_once() -> Result<()> {
         let (i, id, ready_tx) = (*i, p.checkout_request_id.clone(), ready_tx.clone());
         sockets.push(tokio::spawn(async move {
             let mut ws = stk_relay_e2e::ws::WsClient::connect(&url).await?;
-            expect::pending(&ws.expect(MessageType::PaymentUpdate).await?.data, &id, 10 + i)?;
+            expect::pending(
+                &ws.expect(MessageType::PaymentUpdate).await?.data,
+                &id,
+                10 + i,
+            )?;
             ready_tx.send(i).await?;
             let done = ws
                 .expect(MessageType::PaymentCompleted)
@@ -247,7 +297,10 @@ async fn two_hundred_concurrent_payments_each_delivered_once() -> Result<()> {
             .context("a socket task failed before its first message")?;
     }
 
-    let ids: Vec<&str> = pushes.iter().map(|(_, p)| p.checkout_request_id.as_str()).collect();
+    let ids: Vec<&str> = pushes
+        .iter()
+        .map(|(_, p)| p.checkout_request_id.as_str())
+        .collect();
     let paths = c.callback_paths_for(&ids).await?;
     stream::iter(pushes.iter())
         .map(|(i, p)| {
@@ -255,7 +308,12 @@ async fn two_hundred_concurrent_payments_each_delivered_once() -> Result<()> {
             async move {
                 let id = p.checkout_request_id.as_str();
                 let body = if i % 5 == 0 {
-                    daraja::failure(&p.merchant_request_id, id, 1032, "Request cancelled by user")
+                    daraja::failure(
+                        &p.merchant_request_id,
+                        id,
+                        1032,
+                        "Request cancelled by user",
+                    )
                 } else {
                     daraja::success(
                         &p.merchant_request_id,

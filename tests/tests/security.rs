@@ -14,13 +14,25 @@ use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 
 const CALLBACK_PREFIX: &str = "/v1/callbacks/stk/";
 
-async fn expect_error(resp: reqwest::Response, status: u16, code: ErrorCode, what: &str) -> Result<()> {
+async fn expect_error(
+    resp: reqwest::Response,
+    status: u16,
+    code: ErrorCode,
+    what: &str,
+) -> Result<()> {
     let got = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    ensure!(got == status, "{what}: HTTP {got}, expected {status}: {text}");
+    ensure!(
+        got == status,
+        "{what}: HTTP {got}, expected {status}: {text}"
+    );
     let err: ErrorResponse = serde_json::from_str(&text)
         .with_context(|| format!("{what}: error body is not an ErrorResponse: {text}"))?;
-    ensure!(err.error.code == code, "{what}: code {:?}, expected {code:?}", err.error.code);
+    ensure!(
+        err.error.code == code,
+        "{what}: code {:?}, expected {code:?}",
+        err.error.code
+    );
     Ok(())
 }
 
@@ -42,7 +54,13 @@ async fn forged_callbacks_are_refused_and_publish_nothing() -> Result<()> {
         .with_context(|| format!("CallBackURL path {path} is not under {CALLBACK_PREFIX}"))?
         .to_owned();
     let q_path = c.callback_path_for(&q.checkout_request_id).await?;
-    let body = daraja::success(&p.merchant_request_id, id, 40, &daraja::receipt(10), &c.phone_of(id)?);
+    let body = daraja::success(
+        &p.merchant_request_id,
+        id,
+        40,
+        &daraja::receipt(10),
+        &c.phone_of(id)?,
+    );
 
     let other_secret = CallbackTokens::new(SecretString::from(random_alnum(48))).issue();
     let (nonce, mac) = token.split_once('.').context("callback token has no '.'")?;
@@ -50,23 +68,39 @@ async fn forged_callbacks_are_refused_and_publish_nothing() -> Result<()> {
     mac_chars[0] = if mac_chars[0] == 'A' { 'B' } else { 'A' };
     let tampered = format!("{nonce}.{}", mac_chars.into_iter().collect::<String>());
     let cases = [
-        ("random token", format!("{CALLBACK_PREFIX}{}.{}", random_alnum(22), random_alnum(43))),
-        ("token signed with another secret", format!("{CALLBACK_PREFIX}{}", other_secret.token)),
+        (
+            "random token",
+            format!("{CALLBACK_PREFIX}{}.{}", random_alnum(22), random_alnum(43)),
+        ),
+        (
+            "token signed with another secret",
+            format!("{CALLBACK_PREFIX}{}", other_secret.token),
+        ),
         ("tampered signature", format!("{CALLBACK_PREFIX}{tampered}")),
         ("another payment's token", q_path.clone()),
     ];
     for (what, forged) in &cases {
         for ingest in 0..2 {
             let resp = c.post_callback(ingest, forged, &body).await?;
-            expect_error(resp, 403, ErrorCode::Forbidden, &format!("{what} via ingest{ingest}")).await?;
+            expect_error(
+                resp,
+                403,
+                ErrorCode::Forbidden,
+                &format!("{what} via ingest{ingest}"),
+            )
+            .await?;
         }
     }
 
     for (gw, pr) in [(0, &p), (1, &q)] {
-        let s = c.payment_state(gw, &pr.checkout_request_id, &pr.token).await?;
+        let s = c
+            .payment_state(gw, &pr.checkout_request_id, &pr.token)
+            .await?;
         ensure!(!s.status.is_final(), "a forged callback changed {s:?}");
     }
-    ws.expect_no_message(2, STEP).await.context("after forged callbacks")?;
+    ws.expect_no_message(2, STEP)
+        .await
+        .context("after forged callbacks")?;
 
     // The genuine token still works.
     c.deliver_callback(1, &path, &body).await?;
@@ -84,13 +118,19 @@ async fn malformed_and_oversized_callbacks_are_rejected() -> Result<()> {
     let id = p.checkout_request_id.as_str();
     let path = c.callback_path_for(id).await?;
 
-    let not_json = c.post_callback_bytes(1, &path, b"{\"Body\": ".to_vec()).await?;
+    let not_json = c
+        .post_callback_bytes(1, &path, b"{\"Body\": ".to_vec())
+        .await?;
     expect_error(not_json, 400, ErrorCode::MalformedRequest, "truncated JSON").await?;
 
     let no_id = serde_json::json!({"Body": {"stkCallback": {
         "MerchantRequestID": p.merchant_request_id, "ResultCode": 0, "ResultDesc": "ok"}}});
     let resp = c.post_callback(0, &path, &no_id).await?;
-    ensure!(resp.status() == 400, "callback without CheckoutRequestID: {}", resp.status());
+    ensure!(
+        resp.status() == 400,
+        "callback without CheckoutRequestID: {}",
+        resp.status()
+    );
 
     // Success without a receipt is not a success.
     let mut no_receipt = daraja::success(&p.merchant_request_id, id, 70, "X", &c.phone_of(id)?);
@@ -99,7 +139,11 @@ async fn malformed_and_oversized_callbacks_are_rejected() -> Result<()> {
         .context("items")?
         .retain(|i| i["Name"] != "MpesaReceiptNumber");
     let resp = c.post_callback(1, &path, &no_receipt).await?;
-    ensure!(resp.status() == 400, "success without receipt: {}", resp.status());
+    ensure!(
+        resp.status() == 400,
+        "success without receipt: {}",
+        resp.status()
+    );
 
     let mut big = daraja::failure(&p.merchant_request_id, id, 1032, "x");
     big["Body"]["stkCallback"]["ResultDesc"] = "x".repeat(70 * 1024).into();
@@ -110,7 +154,12 @@ async fn malformed_and_oversized_callbacks_are_rejected() -> Result<()> {
     expect::pending(&s, id, 70)?;
     // And a well-formed one is accepted.
     c.deliver_success(1, &p, 70, &daraja::receipt(12)).await?;
-    expect::success(&c.payment_state(0, id, &p.token).await?, id, 70, &daraja::receipt(12))?;
+    expect::success(
+        &c.payment_state(0, id, &p.token).await?,
+        id,
+        70,
+        &daraja::receipt(12),
+    )?;
     Ok(())
 }
 
@@ -131,12 +180,20 @@ async fn bad_subscribe_tokens_get_401() -> Result<()> {
     let forged = wrong.issue(&typed_id, Utc::now() + ChronoDuration::minutes(5));
 
     // Positive controls.
-    for (what, tok) in [("issued token", p.token.as_str()), ("minted token", minted.as_str())] {
-        let mut ws = c.ws_connect(1, id, tok).await.with_context(|| what.to_owned())?;
+    for (what, tok) in [
+        ("issued token", p.token.as_str()),
+        ("minted token", minted.as_str()),
+    ] {
+        let mut ws = c
+            .ws_connect(1, id, tok)
+            .await
+            .with_context(|| what.to_owned())?;
         expect::pending(&ws.expect(MessageType::PaymentUpdate).await?.data, id, 80)?;
         ws.close().await;
         expect::pending(&c.payment_state(1, id, tok).await?, id, 80)?;
-        c.sse_connect(0, id, tok).await.with_context(|| what.to_owned())?;
+        c.sse_connect(0, id, tok)
+            .await
+            .with_context(|| what.to_owned())?;
     }
 
     let cases = [
@@ -155,11 +212,29 @@ async fn bad_subscribe_tokens_get_401() -> Result<()> {
                 Ok(_) => anyhow::bail!("WS upgrade with {ctx} succeeded"),
             }
             let sse = c.sse_request(gw, id, tok).await?;
-            expect_error(sse, 401, ErrorCode::Unauthorized, &format!("SSE with {ctx}")).await?;
+            expect_error(
+                sse,
+                401,
+                ErrorCode::Unauthorized,
+                &format!("SSE with {ctx}"),
+            )
+            .await?;
             let get = c.get_payment(gw, id, Auth::Query(tok)).await?;
-            expect_error(get, 401, ErrorCode::Unauthorized, &format!("GET ?token= {ctx}")).await?;
+            expect_error(
+                get,
+                401,
+                ErrorCode::Unauthorized,
+                &format!("GET ?token= {ctx}"),
+            )
+            .await?;
             let get = c.get_payment(gw, id, Auth::Bearer(tok)).await?;
-            expect_error(get, 401, ErrorCode::Unauthorized, &format!("GET Bearer {ctx}")).await?;
+            expect_error(
+                get,
+                401,
+                ErrorCode::Unauthorized,
+                &format!("GET Bearer {ctx}"),
+            )
+            .await?;
         }
     }
     let get = c.get_payment(0, id, Auth::None).await?;

@@ -30,7 +30,12 @@ pub async fn read_body(
 /// JSON 404 for unknown routes, 405 for a known path with the wrong method.
 pub async fn fallback(req: HttpRequest) -> HttpResponse {
     let p = req.path();
-    let known = p == "/v1/stk/push" || p.starts_with("/v1/payments/") || p == "/healthz" || p == "/readyz";
+    let payment_route = p.strip_prefix("/v1/payments/").is_some_and(|rest| {
+        let mut parts = rest.split('/');
+        let _id = parts.next();
+        matches!((parts.next(), parts.next()), (None, None) | (Some("ws" | "events"), None))
+    });
+    let known = p == "/v1/stk/push" || payment_route || p == "/healthz" || p == "/readyz";
     if known {
         ApiError::MethodNotAllowed.error_response()
     } else {

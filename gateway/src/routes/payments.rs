@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
+use tracing::Instrument;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::shutdown::Shutdown;
 
@@ -38,6 +39,7 @@ fn authorize(
 ) -> Result<CheckoutRequestId, ApiError> {
     let token = query_token(req)?;
     let id = CheckoutRequestId::parse(raw_id).map_err(|_| ApiError::PaymentNotFound)?;
+    tracing::Span::current().record("checkout_request_id", id.as_str());
     require_payment_access(
         req,
         token.as_deref(),
@@ -57,7 +59,7 @@ fn feed_error(e: FeedError) -> ApiError {
     }
 }
 
-#[tracing::instrument(name = "get_payment", skip_all, fields(checkout_request_id = %path))]
+#[tracing::instrument(name = "get_payment", skip_all, fields(checkout_request_id = tracing::field::Empty))]
 pub async fn get_payment(
     req: HttpRequest,
     path: web::Path<String>,
@@ -71,7 +73,7 @@ pub async fn get_payment(
         .body(json))
 }
 
-#[tracing::instrument(name = "ws", skip_all, fields(checkout_request_id = %path))]
+#[tracing::instrument(name = "ws", skip_all, fields(checkout_request_id = tracing::field::Empty))]
 pub async fn ws(
     req: HttpRequest,
     body: web::Payload,
@@ -79,6 +81,7 @@ pub async fn ws(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = authorize(&req, &path, &state, false)?;
+    let id_for_log = id.clone();
     let guard = state.admit()?;
     let (response, ws_session, msgs) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::Malformed(format!("not a WebSocket upgrade: {e}")))?;
@@ -89,19 +92,23 @@ pub async fn ws(
         heartbeat_interval: state.settings.ws.heartbeat_interval(),
         client_timeout: state.settings.ws.client_timeout(),
     };
-    actix_web::rt::spawn(session::run(
-        ws_session,
-        msgs,
-        feed,
-        first,
-        cfg,
-        state.shutdown.clone(),
-        guard,
-    ));
+    let span = tracing::info_span!("ws_session", checkout_request_id = %id_for_log);
+    actix_web::rt::spawn(
+        session::run(
+            ws_session,
+            msgs,
+            feed,
+            first,
+            cfg,
+            state.shutdown.clone(),
+            guard,
+        )
+        .instrument(span),
+    );
     Ok(response)
 }
 
-#[tracing::instrument(name = "sse", skip_all, fields(checkout_request_id = %path))]
+#[tracing::instrument(name = "sse", skip_all, fields(checkout_request_id = tracing::field::Empty))]
 pub async fn events(
     req: HttpRequest,
     path: web::Path<String>,

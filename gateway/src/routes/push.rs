@@ -14,7 +14,7 @@ use stk_relay_shared::daraja::client::StkPush;
 use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
-use stk_relay_shared::payment::PaymentState;
+use stk_relay_shared::payment::{PaymentState, PaymentStatus};
 use stk_relay_shared::store::{RecordOutcome, StoreError};
 
 use crate::auth::require_api_key;
@@ -81,6 +81,16 @@ pub async fn push(
             ApiError::Malformed("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?),
     };
+    if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = ValidPush::parse(&body)?;
 
@@ -104,28 +114,55 @@ pub async fn push(
     let result = initiate(&state, push).await;
 
     if let Some(rkey) = record_key {
-        match &result {
-            Ok(resp) => {
-                let body = serde_json::to_string(resp).map_err(|e| ApiError::Internal(e.to_string()))?;
-                if let Err(e) = state.idempotency.complete(&rkey, 200, &body).await {
-                    tracing::warn!(error = %e, "could not store idempotent response");
+        let stored = match &result {
+            Ok(resp) => Some((200, serde_json::to_string(resp))),
+            // The push may be live at Daraja: a retry with this key must not push again,
+            // so the error is remembered and replayed.
+            Err(f) if f.may_have_pushed => {
+                Some((f.error.code().http_status(), serde_json::to_string(&f.error.body())))
+            }
+            // Certainly no push was sent: release the key so the request can be retried.
+            Err(_) => None,
+        };
+        match stored {
+            Some((status, Ok(body))) => {
+                if let Err(e) = state.idempotency.complete(&rkey, status, &body).await {
+                    tracing::warn!(error = %e, "could not store idempotent response; the key expires by itself");
                 }
             }
-            // The push may have reached Daraja: a retry must not push again.
-            Err(e @ ApiError::DarajaTimeout) => {
-                let body = serde_json::to_string(&e.body()).map_err(|e| ApiError::Internal(e.to_string()))?;
-                if let Err(err) = state.idempotency.complete(&rkey, e.code().http_status(), &body).await {
-                    tracing::warn!(error = %err, "could not store idempotent response");
-                }
-            }
-            Err(_) => state.idempotency.abort(&rkey).await,
+            Some((_, Err(e))) => return Err(ApiError::Internal(e.to_string())),
+            None => state.idempotency.abort(&rkey).await,
         }
     }
-    let resp = result?;
-    Ok(HttpResponse::Ok().json(resp))
+    match result {
+        Ok(resp) => Ok(HttpResponse::Ok().json(resp)),
+        Err(f) => Err(f.error),
+    }
 }
 
-async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, ApiError> {
+/// A push that failed, and whether a prompt may nevertheless be live at Daraja.
+struct Failed {
+    error: ApiError,
+    may_have_pushed: bool,
+}
+
+impl Failed {
+    fn before_push(error: ApiError) -> Self {
+        Self {
+            error,
+            may_have_pushed: false,
+        }
+    }
+
+    fn after_push(error: ApiError) -> Self {
+        Self {
+            error,
+            may_have_pushed: true,
+        }
+    }
+}
+
+async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Failed> {
     let cb = state.callback_tokens.issue();
     let callback_url = format!(
         "{}/v1/callbacks/stk/{}",
@@ -143,19 +180,28 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Api
         })
         .await
         .map_err(|e| {
-            tracing::warn!(error = %e, "STK push failed");
-            ApiError::from(e)
+            tracing::warn!(error = %e, may_have_reached_daraja = e.may_have_reached_daraja(), "STK push failed");
+            Failed {
+                may_have_pushed: e.may_have_reached_daraja(),
+                error: ApiError::from(e),
+            }
         })?;
     if resp.response_code != "0" {
-        return Err(ApiError::Daraja {
+        return Err(Failed::before_push(ApiError::Daraja {
             daraja_code: Some(resp.response_code.clone()),
             message: resp.response_description.clone(),
-        });
+        }));
     }
-    let checkout = CheckoutRequestId::parse(&resp.checkout_request_id)
-        .map_err(|e| ApiError::Internal(format!("Daraja returned a bad CheckoutRequestID: {e}")))?;
-    let merchant = MerchantRequestId::parse(&resp.merchant_request_id)
-        .map_err(|e| ApiError::Internal(format!("Daraja returned a bad MerchantRequestID: {e}")))?;
+    let checkout = CheckoutRequestId::parse(&resp.checkout_request_id).map_err(|e| {
+        Failed::after_push(ApiError::Internal(format!(
+            "Daraja returned a bad CheckoutRequestID: {e}"
+        )))
+    })?;
+    let merchant = MerchantRequestId::parse(&resp.merchant_request_id).map_err(|e| {
+        Failed::after_push(ApiError::Internal(format!(
+            "Daraja returned a bad MerchantRequestID: {e}"
+        )))
+    })?;
     tracing::Span::current().record("checkout_request_id", checkout.as_str());
 
     let now = Utc::now();
@@ -166,20 +212,28 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Api
         push.phone.masked(),
         now,
     );
-    match record_with_retry(state, &pending, &cb.nonce).await? {
-        RecordOutcome::Pending(_) => tracing::info!("payment pending"),
-        RecordOutcome::AppliedEarly(_) => {
-            tracing::info!("callback had already arrived; payment final and published")
+    let status = match record_with_retry(state, &pending, &cb.nonce)
+        .await
+        .map_err(Failed::after_push)?
+    {
+        RecordOutcome::Pending(_) => {
+            tracing::info!("payment pending");
+            "PENDING".to_owned()
         }
-        RecordOutcome::AlreadyExists(_) => {
-            tracing::warn!("a record for this CheckoutRequestID already existed; left as is")
+        RecordOutcome::AppliedEarly(state_json) => {
+            tracing::info!("callback had already arrived; payment final and published");
+            status_of(&state_json)
         }
-    }
+        RecordOutcome::AlreadyExists(state_json) => {
+            tracing::warn!("a record for this CheckoutRequestID already existed; left as is");
+            status_of(&state_json)
+        }
+    };
     let expires = now + chrono::Duration::seconds(state.settings.tokens.subscribe_ttl_secs as i64);
     Ok(PushResponse {
         checkout_request_id: checkout.as_str().to_owned(),
         merchant_request_id: merchant.as_str().to_owned(),
-        status: "PENDING".to_owned(),
+        status,
         customer_message: resp.customer_message,
         token: state.subscribe_tokens.issue(&checkout, expires),
         expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -207,4 +261,15 @@ async fn record_with_retry(
             }
         }
     }
+}
+
+/// The `status` of a stored STATE JSON, `PENDING` if it cannot be read.
+fn status_of(state_json: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        status: PaymentStatus,
+    }
+    serde_json::from_str::<Head>(state_json)
+        .map(|h| h.status.as_str().to_owned())
+        .unwrap_or_else(|_| "PENDING".to_owned())
 }

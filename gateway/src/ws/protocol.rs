@@ -11,8 +11,10 @@
 //! |---|---|---|
 //! | 1000 | payment completed | stop |
 //! | 1001 | server going away (shutdown, idle timeout) | reconnect, any node |
-//! | 1011 | internal error | reconnect with backoff |
-//! | 1013 | try again later (Redis unavailable) | reconnect with backoff |
+//! | 1005 / 1006 | connection lost without a close frame | reconnect with backoff |
+//!
+//! Problems known before the upgrade (bad token, unknown payment, Redis unavailable,
+//! node draining or full) are answered with an HTTP error instead of a socket.
 
 use actix_ws::{CloseCode, CloseReason};
 
@@ -27,13 +29,6 @@ pub fn going_away(why: &str) -> CloseReason {
     CloseReason {
         code: CloseCode::Away,
         description: Some(why.into()),
-    }
-}
-
-pub fn try_again_later() -> CloseReason {
-    CloseReason {
-        code: CloseCode::Again,
-        description: Some("temporarily unavailable; reconnect".into()),
     }
 }
 
