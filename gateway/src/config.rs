@@ -31,6 +31,7 @@ pub struct GatewaySettings {
 pub struct ApiSettings {
     pub keys: Vec<SecretString>,
     pub max_body_bytes: usize,
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,7 +86,7 @@ impl GatewaySettings {
         file: Option<&std::path::Path>,
         extra: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &["api.keys"])?;
+        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &["api.keys", "api.allowed_origins"])?;
         s.validate()?;
         Ok(s)
     }
@@ -121,6 +122,16 @@ impl GatewaySettings {
                 "callbacks.public_base_url must be an http(s) URL without spaces or a trailing slash"
                     .into(),
             ));
+        }
+        for o in &self.api.allowed_origins {
+            let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && !o.contains(char::is_whitespace);
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "api.allowed_origins: {o:?} must be an origin such as https://shop.example"
+                )));
+            }
         }
         if !(256..=1024 * 1024).contains(&self.api.max_body_bytes) {
             return Err(ConfigError::Invalid(

@@ -15,6 +15,8 @@ pub enum ApiError {
     Malformed(String),
     #[error("missing or invalid credentials")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("payment not found")]
     PaymentNotFound,
     #[error("no such route")]
@@ -49,6 +51,7 @@ impl ApiError {
         match self {
             Self::Malformed(_) => ErrorCode::MalformedRequest,
             Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::PaymentNotFound => ErrorCode::PaymentNotFound,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,

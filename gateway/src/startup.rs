@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_cors::Cors;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use stk_relay_shared::broker::redis::RedisBroker;
@@ -139,7 +140,15 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();
+        let origins = settings.api.allowed_origins.clone();
         let mut server = HttpServer::new(move || {
+            let mut cors = Cors::default()
+                .allowed_methods(["GET"])
+                .allowed_headers([actix_web::http::header::AUTHORIZATION])
+                .max_age(600);
+            for o in &origins {
+                cors = cors.allowed_origin(o);
+            }
             App::new()
                 .wrap(TracingLogger::<RedactedRootSpan>::new())
                 .app_data(data.clone())
@@ -147,16 +156,14 @@ impl Application {
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/v1/stk/push", web::post().to(routes::push::push))
                 .route(
-                    "/v1/payments/{checkout_request_id}",
-                    web::get().to(routes::payments::get_payment),
-                )
-                .route(
                     "/v1/payments/{checkout_request_id}/ws",
                     web::get().to(routes::payments::ws),
                 )
-                .route(
-                    "/v1/payments/{checkout_request_id}/events",
-                    web::get().to(routes::payments::events),
+                .service(
+                    web::scope("/v1/payments/{checkout_request_id}")
+                        .wrap(cors)
+                        .route("", web::get().to(routes::payments::get_payment))
+                        .route("/events", web::get().to(routes::payments::events)),
                 )
                 .default_service(web::to(routes::fallback))
         })

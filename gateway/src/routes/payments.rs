@@ -50,6 +50,19 @@ fn authorize(
     Ok(id)
 }
 
+/// With `allowed_origins` set, a browser WebSocket must come from one of them.
+/// Non-browser clients send no Origin and are let through (they hold a token).
+fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match req.headers().get(actix_web::http::header::ORIGIN) {
+        None => Ok(()),
+        Some(o) if allowed.iter().any(|a| o.as_bytes() == a.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::Forbidden("origin not allowed".into())),
+    }
+}
+
 fn feed_error(e: FeedError) -> ApiError {
     match e {
         FeedError::NotFound => ApiError::PaymentNotFound,
@@ -81,6 +94,7 @@ pub async fn ws(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = authorize(&req, &path, &state, false)?;
+    check_origin(&req, &state.settings.api.allowed_origins)?;
     let id_for_log = id.clone();
     let guard = state.admit()?;
     let (response, ws_session, msgs) = actix_ws::handle(&req, body)
