@@ -321,7 +321,7 @@ mod tests {
             },
         };
         assert_eq!(
-            serde_json::to_string(&cb).unwrap(),
+            serde_json::to_string(&cb).expect("serialisable"),
             r#"{"Body":{"stkCallback":{"MerchantRequestID":"29115-34620561-1","CheckoutRequestID":"ws_CO_191220191020363925","ResultCode":0,"ResultDesc":"The service request is processed successfully.","CallbackMetadata":{"Item":[{"Name":"Amount","Value":1},{"Name":"MpesaReceiptNumber","Value":"NLJ7RT61SV"},{"Name":"Balance"},{"Name":"TransactionDate","Value":20191219102115},{"Name":"PhoneNumber","Value":254708374149}]}}}}"#
         );
         let fail = StkCallbackWire {
@@ -330,11 +330,12 @@ mod tests {
             callback_metadata: None,
             ..cb.body.stk_callback.clone()
         };
-        let json = serde_json::to_string(&fail).unwrap();
+        let json = serde_json::to_string(&fail).expect("serialisable");
         assert!(json.contains(r#""ResultCode":1032"#) && !json.contains("CallbackMetadata"));
         // The strict parser accepts what we write.
-        let parsed =
-            crate::daraja::callback::parse_callback(serde_json::to_vec(&cb).unwrap().as_slice());
+        let parsed = crate::daraja::callback::parse_callback(
+            serde_json::to_vec(&cb).expect("serialisable").as_slice(),
+        );
         assert!(parsed.is_ok(), "{parsed:?}");
     }
 
