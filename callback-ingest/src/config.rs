@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
-use stk_relay_shared::config::{
-    self as shared_config, ConfigError, RedisSettings, ServerSettings,
-};
+use stk_relay_shared::config::{self as shared_config, ConfigError, RedisSettings, ServerSettings};
 use stk_relay_shared::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -70,7 +68,9 @@ impl IngestSettings {
             ));
         }
         if self.payments.ttl_secs == 0 {
-            return Err(ConfigError::Invalid("payments.ttl_secs must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "payments.ttl_secs must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool};
 use stk_relay_shared::token::CallbackTokens;
-use stk_relay_shared::http::RedactedRootSpan;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::IngestSettings;
@@ -91,7 +91,11 @@ impl Application {
 
     /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
     pub fn base_url(&self) -> String {
-        let host = if self.host == "0.0.0.0" { "127.0.0.1" } else { &self.host };
+        let host = if self.host == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            &self.host
+        };
         format!("http://{host}:{}", self.port)
     }
 

@@ -92,9 +92,11 @@ async fn post(app: &TestApp, token: &str, body: String) -> (u16, Value) {
 #[tokio::test]
 async fn forged_tokens_get_403() {
     let app = spawn_app().await;
-    let other = CallbackTokens::new(SecretString::from("another-secret-0123456789abcdef0123".to_owned()))
-        .issue()
-        .token;
+    let other = CallbackTokens::new(SecretString::from(
+        "another-secret-0123456789abcdef0123".to_owned(),
+    ))
+    .issue()
+    .token;
     for token in [other.as_str(), "abc", "x.y", &"a".repeat(200)] {
         let (status, body) = post(&app, token, success_body()).await;
         assert_eq!(status, 403, "{token}");
@@ -106,7 +108,8 @@ async fn forged_tokens_get_403() {
 async fn malformed_callbacks_get_400_naming_the_field() {
     let app = spawn_app().await;
     let token = valid_token();
-    let missing_id = json!({"Body":{"stkCallback":{"MerchantRequestID":"m","ResultCode":0}}}).to_string();
+    let missing_id =
+        json!({"Body":{"stkCallback":{"MerchantRequestID":"m","ResultCode":0}}}).to_string();
     for (body, needle) in [
         ("not json".to_owned(), ""),
         ("{}".to_owned(), "Body"),
@@ -115,7 +118,13 @@ async fn malformed_callbacks_get_400_naming_the_field() {
         let (status, err) = post(&app, &token, body.clone()).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(err["error"]["code"], "MALFORMED_REQUEST");
-        assert!(err["error"]["message"].as_str().unwrap_or_default().contains(needle), "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{err}"
+        );
     }
 }
 
@@ -134,18 +143,38 @@ async fn redis_down_gets_503_after_retrying() {
     let (status, err) = post(&app, &valid_token(), success_body()).await;
     assert_eq!(status, 503);
     assert_eq!(err["error"]["code"], "SERVICE_UNAVAILABLE");
-    let ready = app.client.get(format!("{}/readyz", app.base)).send().await.expect("request");
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(ready.status().as_u16(), 503);
-    let health = app.client.get(format!("{}/healthz", app.base)).send().await.expect("request");
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(health.status().as_u16(), 200);
 }
 
 #[tokio::test]
 async fn other_routes_get_json_404_and_405() {
     let app = spawn_app().await;
-    let r = app.client.get(format!("{}/v1/callbacks/stk/abc", app.base)).send().await.expect("request");
+    let r = app
+        .client
+        .get(format!("{}/v1/callbacks/stk/abc", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status().as_u16(), 405);
-    let r = app.client.get(format!("{}/elsewhere", app.base)).send().await.expect("request");
+    let r = app
+        .client
+        .get(format!("{}/elsewhere", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status().as_u16(), 404);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "NOT_FOUND");

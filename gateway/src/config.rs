@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use stk_relay_shared::config::{
-    self as shared_config, ConfigError, RedisSettings, ServerSettings,
-};
+use stk_relay_shared::config::{self as shared_config, ConfigError, RedisSettings, ServerSettings};
 use stk_relay_shared::daraja::DarajaClientSettings;
 use stk_relay_shared::telemetry::TelemetrySettings;
 
@@ -86,7 +84,13 @@ impl GatewaySettings {
         file: Option<&std::path::Path>,
         extra: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &["api.keys", "api.allowed_origins"])?;
+        let s: Self = shared_config::load(
+            DEFAULTS,
+            file,
+            extra,
+            ENV_PREFIX,
+            &["api.keys", "api.allowed_origins"],
+        )?;
         s.validate()?;
         Ok(s)
     }
@@ -106,7 +110,11 @@ impl GatewaySettings {
                 ));
             }
         }
-        shared_config::require_secret("tokens.subscribe_secret", &self.tokens.subscribe_secret, 32)?;
+        shared_config::require_secret(
+            "tokens.subscribe_secret",
+            &self.tokens.subscribe_secret,
+            32,
+        )?;
         shared_config::require_secret("tokens.callback_secret", &self.tokens.callback_secret, 32)?;
         if self.tokens.subscribe_ttl_secs == 0 || self.payments.ttl_secs == 0 {
             return Err(ConfigError::Invalid(

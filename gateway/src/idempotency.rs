@@ -36,7 +36,10 @@ pub enum Begin {
     /// The key is ours; go ahead.
     New,
     /// Seen before with the same body: answer with this.
-    Replay { status: u16, body: String },
+    Replay {
+        status: u16,
+        body: String,
+    },
     Conflict,
     InProgress,
 }
@@ -89,13 +92,12 @@ impl Idempotency {
             Some("CONFLICT") => Begin::Conflict,
             Some("IN_PROGRESS") => Begin::InProgress,
             Some("REPLAY") => {
-                let status = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| StoreError::Protocol("idempotency record without status".into()))?;
-                let body = it
-                    .next()
-                    .ok_or_else(|| StoreError::Protocol("idempotency record without body".into()))?;
+                let status = it.next().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    StoreError::Protocol("idempotency record without status".into())
+                })?;
+                let body = it.next().ok_or_else(|| {
+                    StoreError::Protocol("idempotency record without body".into())
+                })?;
                 Begin::Replay { status, body }
             }
             other => return Err(StoreError::Protocol(format!("idempotency: {other:?}"))),
@@ -108,13 +110,23 @@ impl Idempotency {
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(rkey, &[("state", "done"), ("status", &status.to_string()), ("response", body)])
+            .hset_multiple(
+                rkey,
+                &[
+                    ("state", "done"),
+                    ("status", &status.to_string()),
+                    ("response", body),
+                ],
+            )
             .ignore()
             .expire(rkey, self.ttl.as_secs() as i64)
             .ignore();
-        tokio::time::timeout(self.pool.command_timeout(), pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout)??;
+        tokio::time::timeout(
+            self.pool.command_timeout(),
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
         Ok(())
     }
 

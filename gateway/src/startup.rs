@@ -21,12 +21,12 @@ use actix_web::{web, App, HttpServer};
 use stk_relay_shared::broker::redis::RedisBroker;
 use stk_relay_shared::broker::Broker;
 use stk_relay_shared::daraja::DarajaClient;
+use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 use tokio::sync::Notify;
-use stk_relay_shared::http::RedactedRootSpan;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::ApiKeys;
@@ -191,7 +191,11 @@ impl Application {
 
     /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
     pub fn base_url(&self) -> String {
-        let host = if self.host == "0.0.0.0" { "127.0.0.1" } else { &self.host };
+        let host = if self.host == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            &self.host
+        };
         format!("http://{host}:{}", self.port)
     }
 
@@ -203,7 +207,10 @@ impl Application {
         let bound = self.state.settings.server.shutdown_timeout();
         tokio::spawn(async move {
             shutdown.wait().await;
-            tracing::info!(open = state.connections.current(), "draining: closing sockets");
+            tracing::info!(
+                open = state.connections.current(),
+                "draining: closing sockets"
+            );
             // Sessions watch the same handle and close with 1001 by themselves.
             let drained = async {
                 loop {

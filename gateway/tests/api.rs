@@ -67,8 +67,14 @@ async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let body: Value = resp.json().await.expect("error body is JSON");
     (
         status,
-        body["error"]["code"].as_str().unwrap_or_default().to_owned(),
-        body["error"]["message"].as_str().unwrap_or_default().to_owned(),
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
@@ -90,7 +96,12 @@ impl TestApp {
 async fn push_requires_an_api_key() {
     let app = spawn_app().await;
     let body = json!({"phone":"0712345678","amount":10,"account_reference":"A1"}).to_string();
-    for auth in [None, Some("Bearer wrong-key-0123456789"), Some("Basic abc"), Some(API_KEY)] {
+    for auth in [
+        None,
+        Some("Bearer wrong-key-0123456789"),
+        Some("Basic abc"),
+        Some(API_KEY),
+    ] {
         let (status, code, _) = error_of(app.push(auth, body.clone()).await).await;
         assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"), "{auth:?}");
     }
@@ -105,12 +116,22 @@ async fn malformed_bodies_get_400_naming_the_problem() {
         ("[]", "invalid JSON"),
         ("null", "invalid JSON"),
         (r#"{"phone":"0712345678","amount":10}"#, "account_reference"),
-        (r#"{"phone":"0712345678","amount":10,"account_reference":"A","extra":1}"#, "extra"),
-        (r#"{"phone":12,"amount":10,"account_reference":"A"}"#, "invalid type"),
+        (
+            r#"{"phone":"0712345678","amount":10,"account_reference":"A","extra":1}"#,
+            "extra",
+        ),
+        (
+            r#"{"phone":12,"amount":10,"account_reference":"A"}"#,
+            "invalid type",
+        ),
     ];
     for (body, needle) in cases {
         let (status, code, message) = error_of(app.push(auth.as_deref(), body.into()).await).await;
-        assert_eq!((status, code.as_str()), (400, "MALFORMED_REQUEST"), "{body}");
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "MALFORMED_REQUEST"),
+            "{body}"
+        );
         assert!(message.contains(needle), "{body}: {message}");
     }
 }
@@ -120,20 +141,51 @@ async fn invalid_values_get_422_naming_the_field() {
     let app = spawn_app().await;
     let auth = Some(format!("Bearer {API_KEY}"));
     let cases = [
-        (json!({"phone":"0812345678","amount":10,"account_reference":"A"}), "phone"),
-        (json!({"phone":"+255712345678","amount":10,"account_reference":"A"}), "phone"),
-        (json!({"phone":"0712345678","amount":10.5,"account_reference":"A"}), "amount"),
-        (json!({"phone":"0712345678","amount":0,"account_reference":"A"}), "amount"),
-        (json!({"phone":"0712345678","amount":250001,"account_reference":"A"}), "amount"),
-        (json!({"phone":"0712345678","amount":"ten","account_reference":"A"}), "amount"),
-        (json!({"phone":"0712345678","amount":10,"account_reference":"ORDER-1234567"}), "account_reference"),
-        (json!({"phone":"0712345678","amount":10,"account_reference":""}), "account_reference"),
-        (json!({"phone":"0712345678","amount":10,"account_reference":"A","description":"fourteen chars"}), "description"),
+        (
+            json!({"phone":"0812345678","amount":10,"account_reference":"A"}),
+            "phone",
+        ),
+        (
+            json!({"phone":"+255712345678","amount":10,"account_reference":"A"}),
+            "phone",
+        ),
+        (
+            json!({"phone":"0712345678","amount":10.5,"account_reference":"A"}),
+            "amount",
+        ),
+        (
+            json!({"phone":"0712345678","amount":0,"account_reference":"A"}),
+            "amount",
+        ),
+        (
+            json!({"phone":"0712345678","amount":250001,"account_reference":"A"}),
+            "amount",
+        ),
+        (
+            json!({"phone":"0712345678","amount":"ten","account_reference":"A"}),
+            "amount",
+        ),
+        (
+            json!({"phone":"0712345678","amount":10,"account_reference":"ORDER-1234567"}),
+            "account_reference",
+        ),
+        (
+            json!({"phone":"0712345678","amount":10,"account_reference":""}),
+            "account_reference",
+        ),
+        (
+            json!({"phone":"0712345678","amount":10,"account_reference":"A","description":"fourteen chars"}),
+            "description",
+        ),
     ];
     for (body, field) in cases {
         let (status, code, message) =
             error_of(app.push(auth.as_deref(), body.to_string()).await).await;
-        assert_eq!((status, code.as_str()), (422, "VALIDATION_FAILED"), "{body}");
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "VALIDATION_FAILED"),
+            "{body}"
+        );
         assert!(message.starts_with(field), "{body}: {message}");
     }
 }
@@ -145,8 +197,7 @@ async fn oversized_bodies_get_413() {
         r#"{{"phone":"0712345678","amount":10,"account_reference":"{}"}}"#,
         "A".repeat(2000)
     );
-    let (status, code, _) =
-        error_of(app.push(Some(&format!("Bearer {API_KEY}")), big).await).await;
+    let (status, code, _) = error_of(app.push(Some(&format!("Bearer {API_KEY}")), big).await).await;
     assert_eq!((status, code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
 }
 
@@ -181,7 +232,10 @@ async fn valid_push_with_redis_down_gets_503_not_a_push() {
         .expect("request");
     let (status, code, message) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (503, "SERVICE_UNAVAILABLE"));
-    assert!(!message.contains("redis://"), "5xx bodies stay generic: {message}");
+    assert!(
+        !message.contains("redis://"),
+        "5xx bodies stay generic: {message}"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +245,10 @@ async fn payment_reads_need_a_valid_token() {
     for url in [
         format!("{}/v1/payments/{id}", app.base),
         format!("{}/v1/payments/{id}?token=123.abc", app.base),
-        format!("{}/v1/payments/{id}/events?token=99999999999.AAAA", app.base),
+        format!(
+            "{}/v1/payments/{id}/events?token=99999999999.AAAA",
+            app.base
+        ),
         format!("{}/v1/payments/{id}/ws?token=", app.base),
     ] {
         let (status, code, _) = error_of(app.client.get(&url).send().await.expect("request")).await;
@@ -211,11 +268,21 @@ async fn payment_reads_need_a_valid_token() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let app = spawn_app().await;
-    let (status, code, _) =
-        error_of(app.client.get(format!("{}/nope", app.base)).send().await.expect("request")).await;
+    let (status, code, _) = error_of(
+        app.client
+            .get(format!("{}/nope", app.base))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
     assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
     let (status, code, _) = error_of(
-        app.client.get(format!("{}/v1/stk/push", app.base)).send().await.expect("request"),
+        app.client
+            .get(format!("{}/v1/stk/push", app.base))
+            .send()
+            .await
+            .expect("request"),
     )
     .await;
     assert_eq!((status, code.as_str()), (405, "METHOD_NOT_ALLOWED"));
@@ -224,9 +291,19 @@ async fn unknown_routes_and_methods_get_json_errors() {
 #[tokio::test]
 async fn health_is_up_and_readiness_follows_redis() {
     let app = spawn_app().await;
-    let h = app.client.get(format!("{}/healthz", app.base)).send().await.expect("request");
+    let h = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(h.status().as_u16(), 200);
-    let r = app.client.get(format!("{}/readyz", app.base)).send().await.expect("request");
+    let r = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status().as_u16(), 503);
 }
 

@@ -41,10 +41,8 @@ pub fn load<T: DeserializeOwned>(
     let env = config::Environment::with_prefix(env_prefix)
         .prefix_separator("__")
         .separator("__");
-    let mut builder = config::Config::builder().add_source(config::File::from_str(
-        defaults,
-        config::FileFormat::Toml,
-    ));
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path.to_path_buf()).required(true));
     }
@@ -199,7 +197,10 @@ command_timeout_ms = 1000
         let s: Sample = load(DEFAULTS, Some(&file), None, "CFGTEST1", &["list"]).unwrap();
         assert_eq!(s.redis.pool_size, 5);
         assert_eq!(
-            s.secret.as_ref().map(|x| x.expose_secret().to_owned()).as_deref(),
+            s.secret
+                .as_ref()
+                .map(|x| x.expose_secret().to_owned())
+                .as_deref(),
             Some("000123456789012345678901234567890")
         );
         assert_eq!(s.redis.key_prefix, "fromenv");

@@ -29,15 +29,27 @@ pub async fn stk_callback(
     })?;
     let span = tracing::Span::current();
     span.record("checkout_request_id", callback.checkout_request_id.as_str());
-    span.record("result_code", tracing::field::display(&callback.result_code));
+    span.record(
+        "result_code",
+        tracing::field::display(&callback.result_code),
+    );
 
-    let outcome = apply_with_retry(&state.store, &callback, nonce, state.settings.retry_budget())
-        .await
-        .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    let outcome = apply_with_retry(
+        &state.store,
+        &callback,
+        nonce,
+        state.settings.retry_budget(),
+    )
+    .await
+    .map_err(|e| IngestError::Unavailable(e.to_string()))?;
     match outcome {
         ApplyOutcome::Applied(_) => tracing::info!("payment final; published"),
-        ApplyOutcome::Duplicate => tracing::info!("duplicate callback acknowledged; nothing published"),
-        ApplyOutcome::Early => tracing::info!("callback arrived before the pending record; kept for it"),
+        ApplyOutcome::Duplicate => {
+            tracing::info!("duplicate callback acknowledged; nothing published")
+        }
+        ApplyOutcome::Early => {
+            tracing::info!("callback arrived before the pending record; kept for it")
+        }
         ApplyOutcome::NotFound => tracing::warn!("callback for an unknown payment"),
         ApplyOutcome::Forbidden => {
             tracing::warn!("callback rejected: token belongs to another payment");

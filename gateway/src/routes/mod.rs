@@ -33,7 +33,10 @@ pub async fn fallback(req: HttpRequest) -> HttpResponse {
     let payment_route = p.strip_prefix("/v1/payments/").is_some_and(|rest| {
         let mut parts = rest.split('/');
         let _id = parts.next();
-        matches!((parts.next(), parts.next()), (None, None) | (Some("ws" | "events"), None))
+        matches!(
+            (parts.next(), parts.next()),
+            (None, None) | (Some("ws" | "events"), None)
+        )
     });
     let known = p == "/v1/stk/push" || payment_route || p == "/healthz" || p == "/readyz";
     if known {

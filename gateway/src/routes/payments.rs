@@ -9,9 +9,9 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tracing::Instrument;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::shutdown::Shutdown;
+use tracing::Instrument;
 
 use crate::auth::require_payment_access;
 use crate::error::ApiError;
@@ -79,7 +79,11 @@ pub async fn get_payment(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = authorize(&req, &path, &state, true)?;
-    let json = state.store.get(&id).await?.ok_or(ApiError::PaymentNotFound)?;
+    let json = state
+        .store
+        .get(&id)
+        .await?
+        .ok_or(ApiError::PaymentNotFound)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("Cache-Control", "no-store"))
@@ -212,7 +216,7 @@ fn sse_stream(
                     },
                     _ = st.heartbeat.tick() => Some((Ok(Bytes::from_static(b": ping\n\n")), st)),
                 }
-            },
+            }
         }
     })
 }

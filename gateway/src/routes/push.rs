@@ -118,9 +118,10 @@ pub async fn push(
             Ok(resp) => Some((200, serde_json::to_string(resp))),
             // The push may be live at Daraja: a retry with this key must not push again,
             // so the error is remembered and replayed.
-            Err(f) if f.may_have_pushed => {
-                Some((f.error.code().http_status(), serde_json::to_string(&f.error.body())))
-            }
+            Err(f) if f.may_have_pushed => Some((
+                f.error.code().http_status(),
+                serde_json::to_string(&f.error.body()),
+            )),
             // Certainly no push was sent: release the key so the request can be retried.
             Err(_) => None,
         };
@@ -250,7 +251,9 @@ async fn record_with_retry(
     loop {
         match state.store.record_pending(pending, nonce).await {
             Ok(r) => return Ok(r),
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) if Instant::now() + delay < deadline => {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout))
+                if Instant::now() + delay < deadline =>
+            {
                 tracing::warn!(error = %e, "redis unavailable; retrying pending write");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(400));

@@ -32,13 +32,8 @@ use crate::store::pool::RedisPool;
 type Reply = oneshot::Sender<Subscription>;
 
 pub(crate) enum Command {
-    Subscribe {
-        channel: Arc<str>,
-        reply: Reply,
-    },
-    Release {
-        channel: Arc<str>,
-    },
+    Subscribe { channel: Arc<str>, reply: Reply },
+    Release { channel: Arc<str> },
 }
 
 enum Internal {
@@ -304,19 +299,25 @@ impl Task {
                 // No receiver only means every holder is gone and a release is queued.
                 let _ = entry.tx.send(Arc::from(text));
             }
-            Err(_) => tracing::warn!(channel = msg.get_channel_name(), "non-UTF-8 payload dropped"),
+            Err(_) => tracing::warn!(
+                channel = msg.get_channel_name(),
+                "non-UTF-8 payload dropped"
+            ),
         }
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Subscribe { channel, reply } => {
-                let entry = self.entries.entry(channel.clone()).or_insert_with(|| Entry {
-                    tx: broadcast::channel(FANOUT_CAPACITY).0,
-                    refs: 0,
-                    state: State::Subscribing,
-                    waiters: Vec::new(),
-                });
+                let entry = self
+                    .entries
+                    .entry(channel.clone())
+                    .or_insert_with(|| Entry {
+                        tx: broadcast::channel(FANOUT_CAPACITY).0,
+                        refs: 0,
+                        state: State::Subscribing,
+                        waiters: Vec::new(),
+                    });
                 entry.refs += 1;
                 let fresh = entry.refs == 1 && entry.waiters.is_empty();
                 match entry.state {

@@ -30,7 +30,13 @@ impl From<redis::RedisError> for StoreError {
         } else if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
-            || matches!(e.kind(), redis::ErrorKind::BusyLoadingError | redis::ErrorKind::TryAgain | redis::ErrorKind::ClusterDown | redis::ErrorKind::MasterDown)
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::BusyLoadingError
+                    | redis::ErrorKind::TryAgain
+                    | redis::ErrorKind::ClusterDown
+                    | redis::ErrorKind::MasterDown
+            )
         {
             StoreError::Unavailable(e.to_string())
         } else {

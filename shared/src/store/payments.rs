@@ -69,23 +69,17 @@ impl PaymentStore {
         &self.pool
     }
 
-    async fn run(
-        &self,
-        id: &CheckoutRequestId,
-        args: &[&str],
-    ) -> Result<Vec<String>, StoreError> {
+    async fn run(&self, id: &CheckoutRequestId, args: &[&str]) -> Result<Vec<String>, StoreError> {
         let mut conn = self.pool.get().await?;
         let mut inv = self.script.key(self.keys.payment(id));
         inv.key(self.keys.payment_channel(id));
         for a in args {
             inv.arg(*a);
         }
-        let reply: Vec<String> = tokio::time::timeout(
-            self.pool.command_timeout(),
-            inv.invoke_async(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
+        let reply: Vec<String> =
+            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout)??;
         Ok(reply)
     }
 
@@ -108,7 +102,9 @@ impl PaymentStore {
             (Some("PENDING"), Some(s)) => Ok(RecordOutcome::Pending(s)),
             (Some("FINAL"), Some(s)) => Ok(RecordOutcome::AppliedEarly(s)),
             (Some("EXISTS"), Some(s)) => Ok(RecordOutcome::AlreadyExists(s)),
-            (tag, _) => Err(StoreError::Protocol(format!("payment.lua pending: {tag:?}"))),
+            (tag, _) => Err(StoreError::Protocol(format!(
+                "payment.lua pending: {tag:?}"
+            ))),
         }
     }
 

@@ -38,7 +38,9 @@ impl RedisPool {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                slots: (0..settings.pool_size.max(1)).map(|_| OnceCell::new()).collect(),
+                slots: (0..settings.pool_size.max(1))
+                    .map(|_| OnceCell::new())
+                    .collect(),
                 next: AtomicUsize::new(0),
                 connect_timeout: settings.connect_timeout(),
                 command_timeout: settings.command_timeout(),
