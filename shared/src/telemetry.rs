@@ -4,6 +4,8 @@
 //! follows a payment across ingest, Redis and gateways; phone numbers are logged masked
 //! (`ids::Msisdn` displays masked); secrets are `secrecy` types and never recorded.
 
+use std::io::IsTerminal;
+
 use serde::Deserialize;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
@@ -41,7 +43,12 @@ pub fn init(settings: &TelemetrySettings) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_target(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(true)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
