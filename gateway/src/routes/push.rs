@@ -36,8 +36,9 @@ struct ValidPush {
 
 impl ValidPush {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let raw: PushRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::Malformed(format!("invalid JSON body: {e}")))?;
+        let raw: PushRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::Malformed(format!("invalid JSON body: {}", redact_digit_runs(&e.to_string())))
+        })?;
         Ok(Self {
             phone: Msisdn::parse(&raw.phone)?,
             amount: Amount::from_json(&raw.amount)?,
@@ -275,4 +276,42 @@ fn status_of(state_json: &str) -> String {
     serde_json::from_str::<Head>(state_json)
         .map(|h| h.status.as_str().to_owned())
         .unwrap_or_else(|_| "PENDING".to_owned())
+}
+
+/// serde's messages quote the offending value (`invalid type: integer `254712345678``);
+/// a phone number sent as a number must not come back in the response or reach the
+/// logs. Runs of seven or more digits are replaced.
+fn redact_digit_runs(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut run = String::new();
+    for c in msg.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 7 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_digit_runs;
+
+    #[test]
+    fn long_digit_runs_are_redacted() {
+        assert_eq!(
+            redact_digit_runs("invalid type: integer `254712345678`, expected a string at line 1 column 22"),
+            "invalid type: integer `[redacted]`, expected a string at line 1 column 22"
+        );
+        assert_eq!(redact_digit_runs("amount 250000"), "amount 250000");
+    }
 }
