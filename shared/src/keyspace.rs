@@ -9,6 +9,7 @@
 //! | `<prefix>:pay:{<checkout_request_id>}` | hash | `state` (STATE JSON), `status`, `version`, `cbt` (callback token id), `early` |
 //! | `<prefix>:pay:{<checkout_request_id>}:ch` | pub/sub channel | STATE JSON of each new version |
 //! | `<prefix>:idem:{<sha256 hex>}` | hash | idempotency record of one `POST /v1/stk/push` |
+//! | `<prefix>:node:{<random id>}:probe` | pub/sub channel | liveness probes of one node's subscriber connection |
 
 use sha2::{Digest, Sha256};
 
@@ -39,6 +40,12 @@ impl Keyspace {
     /// The channel on which one payment's new states are published.
     pub fn payment_channel(&self, id: &CheckoutRequestId) -> String {
         format!("{}:pay:{{{}}}:ch", self.prefix, id.as_str())
+    }
+
+    /// A channel only one broker instance subscribes to, used to prove end to end that
+    /// its subscriber connection receives messages.
+    pub fn node_probe_channel(&self, node_id: &str) -> String {
+        format!("{}:node:{{{}}}:probe", self.prefix, node_id)
     }
 
     /// Recovers the CheckoutRequestID from a payment channel name, if it is one of ours.

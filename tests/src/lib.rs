@@ -12,6 +12,11 @@
 //! - [`ws`] and [`sse`]: small browser clients that yield parsed server messages.
 //! - [`wait`]: bounded waiting on a condition (readiness), never a fixed sleep.
 //!
+//! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
+//! `STK_E2E_REDIS_SERVER=<path>`; the service binaries are built on first use when stale,
+//! see [`bins`]). Logs of every process: `target/e2e-logs/<test>/`. The benchmark:
+//! `cargo run --release -p stk-relay-e2e --bin e2e-bench -- --payments 1000`.
+//!
 //! Every await in the harness is bounded by [`STEP`] unless stated otherwise, so a broken
 //! system fails a test quickly instead of hanging it.
 

@@ -23,6 +23,13 @@ pub const LISTENING_MARKER: &str = "listening on http://";
 /// How long a process may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A gateway process.
+pub type Gateway = Node;
+/// A callback-ingest process.
+pub type Ingest = Node;
+/// The Daraja simulator process.
+pub type Sim = Node;
+
 /// A child process of the harness.
 pub struct Node {
     name: String,

@@ -16,7 +16,7 @@ pub enum SseEvent {
     Message {
         /// The `event:` name, if the block had one.
         event: Option<String>,
-        message: ServerMessageOwned,
+        message: Box<ServerMessageOwned>,
     },
     /// A block of comments only (a heartbeat).
     Comment,
@@ -80,7 +80,7 @@ impl SseClient {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_event(left).await? {
-                SseEvent::Message { event, message } => return Ok((event, message)),
+                SseEvent::Message { event, message } => return Ok((event, *message)),
                 SseEvent::Comment => continue,
                 SseEvent::Ended => bail!("the event stream ended while waiting for a message"),
             }
@@ -140,7 +140,10 @@ fn parse_block(block: &str) -> Result<Option<SseEvent>> {
         Some(d) => {
             let message: ServerMessageOwned =
                 serde_json::from_str(&d).with_context(|| format!("unparseable SSE data: {d}"))?;
-            Ok(Some(SseEvent::Message { event, message }))
+            Ok(Some(SseEvent::Message {
+                event,
+                message: Box::new(message),
+            }))
         }
         None if comments > 0 || event.is_none() => Ok(Some(SseEvent::Comment)),
         None => bail!("SSE block with an event name but no data: {block}"),

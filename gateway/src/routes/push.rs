@@ -37,7 +37,10 @@ struct ValidPush {
 impl ValidPush {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let raw: PushRequest = serde_json::from_slice(body).map_err(|e| {
-            ApiError::Malformed(format!("invalid JSON body: {}", redact_digit_runs(&e.to_string())))
+            ApiError::Malformed(format!(
+                "invalid JSON body: {}",
+                redact_digit_runs(&e.to_string())
+            ))
         })?;
         Ok(Self {
             phone: Msisdn::parse(&raw.phone)?,
@@ -309,7 +312,9 @@ mod tests {
     #[test]
     fn long_digit_runs_are_redacted() {
         assert_eq!(
-            redact_digit_runs("invalid type: integer `254712345678`, expected a string at line 1 column 22"),
+            redact_digit_runs(
+                "invalid type: integer `254712345678`, expected a string at line 1 column 22"
+            ),
             "invalid type: integer `[redacted]`, expected a string at line 1 column 22"
         );
         assert_eq!(redact_digit_runs("amount 250000"), "amount 250000");

@@ -9,6 +9,12 @@
 //! `Unsubscribing` (UNSUBSCRIBE sent; a new holder waits for its confirmation and then
 //! subscribes again, so SUBSCRIBE/UNSUBSCRIBE for one channel never cross).
 //!
+//! The connection is proven end to end, not trusted: after every (re)connect, and then
+//! every [`PROBE_INTERVAL`], the task publishes a probe on a channel only it subscribes
+//! to and expects it back within [`PROBE_TIMEOUT`]. A SUBSCRIBE that Redis refused (the
+//! client library reports those as success), or a half-open TCP connection, therefore
+//! ends in a reconnect instead of silently missing results.
+//!
 //! The command queue is unbounded on purpose: every entry belongs to one live
 //! `Subscription` (one `Subscribe`, one `Release`), so its length is bounded by the
 //! number of subscriptions, which the gateway caps; `Drop` must be able to release
@@ -17,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -27,6 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{Broker, BrokerError, Payload, Release, Subscription, FANOUT_CAPACITY};
 use crate::config::RedisSettings;
+use crate::keyspace::Keyspace;
 use crate::store::pool::RedisPool;
 
 type Reply = oneshot::Sender<Subscription>;
@@ -37,6 +44,9 @@ pub(crate) enum Command {
 }
 
 enum Internal {
+    ProbeNotSent {
+        seq: u64,
+    },
     Subscribed {
         channel: Arc<str>,
         generation: u64,
@@ -82,7 +92,19 @@ impl RedisBroker {
         let connected = Arc::new(AtomicBool::new(false));
         let channels = Arc::new(AtomicUsize::new(0));
         let (resync_tx, _) = watch::channel(0u64);
+        let node_id = {
+            use rand::RngCore;
+            let mut raw = [0u8; 8];
+            rand::thread_rng().fill_bytes(&mut raw);
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let probe_channel: Arc<str> =
+            Arc::from(Keyspace::new(settings.key_prefix.clone()).node_probe_channel(&node_id));
         let task = Task {
+            pool: pool.clone(),
+            probe_channel,
+            probe_seq: 0,
+            probe_outstanding: None,
             client,
             connect_timeout: settings.connect_timeout(),
             cmd_tx: cmd_tx.clone(),
@@ -156,6 +178,11 @@ impl Broker for RedisBroker {
 }
 
 struct Task {
+    pool: RedisPool,
+    probe_channel: Arc<str>,
+    probe_seq: u64,
+    /// The probe in flight and when it was sent.
+    probe_outstanding: Option<(u64, Instant)>,
     client: redis::Client,
     connect_timeout: Duration,
     cmd_tx: mpsc::UnboundedSender<Command>,
@@ -172,6 +199,11 @@ struct Task {
     resync: watch::Sender<u64>,
 }
 
+/// How often a connected subscriber proves it still receives messages.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a probe may take to come back before the connection is replaced.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -179,6 +211,8 @@ impl Task {
     async fn run(mut self) {
         let mut stream: Option<PubSubStream> = None;
         let mut backoff = Duration::ZERO;
+        let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if stream.is_none() {
                 tokio::select! {
@@ -220,6 +254,14 @@ impl Task {
                     None => break,
                 },
                 Some(i) = self.internal.1.recv() => self.on_internal(i),
+                _ = probe_tick.tick() => {
+                    if !self.probe() {
+                        tracing::warn!("redis subscriber missed its probe; reconnecting");
+                        stream = None;
+                        self.on_disconnect();
+                        backoff = BACKOFF_MIN;
+                    }
+                }
             }
         }
         self.connected.store(false, Ordering::Relaxed);
@@ -233,7 +275,7 @@ impl Task {
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        let (sink, stream) = conn.split();
+        let (sink, mut stream) = conn.split();
         self.generation += 1;
         let held: Vec<Arc<str>> = self
             .entries
@@ -255,6 +297,7 @@ impl Task {
         if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
             return Err(format!("re-subscribe failed: {e}"));
         }
+        self.verify(&sink, &mut stream).await?;
         self.sink = Some(sink);
         for (ch, _) in results {
             if let Some(entry) = self.entries.get_mut(&ch) {
@@ -281,7 +324,58 @@ impl Task {
         Ok(stream)
     }
 
+    /// Subscribes the probe channel and waits for one probe to come back through the new
+    /// connection. Messages for other channels that arrive meanwhile are fanned out.
+    async fn verify(&mut self, sink: &PubSubSink, stream: &mut PubSubStream) -> Result<(), String> {
+        let mut sink = sink.clone();
+        sink.subscribe(self.probe_channel.as_ref())
+            .await
+            .map_err(|e| format!("probe subscribe failed: {e}"))?;
+        self.probe_seq += 1;
+        let seq = self.probe_seq;
+        publish_probe(&self.pool, &self.probe_channel, seq)
+            .await
+            .map_err(|e| format!("probe publish failed: {e}"))?;
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .map_err(|_| "probe did not come back: subscriptions are not live".to_string())?
+                .ok_or_else(|| "connection closed during probe".to_string())?;
+            if msg.get_channel_name() == self.probe_channel.as_ref() {
+                if probe_seq_of(&msg) == Some(seq) {
+                    self.probe_outstanding = None;
+                    return Ok(());
+                }
+            } else {
+                self.on_message(msg);
+            }
+        }
+    }
+
+    /// Sends the next periodic probe. Returns false if the previous one is overdue.
+    fn probe(&mut self) -> bool {
+        if let Some((_, sent)) = self.probe_outstanding {
+            return sent.elapsed() <= PROBE_TIMEOUT;
+        }
+        self.probe_seq += 1;
+        let seq = self.probe_seq;
+        self.probe_outstanding = Some((seq, Instant::now()));
+        let pool = self.pool.clone();
+        let channel = self.probe_channel.clone();
+        let tx = self.internal.0.clone();
+        tokio::spawn(async move {
+            if let Err(e) = publish_probe(&pool, &channel, seq).await {
+                // The command pool is down, not necessarily the subscriber: no verdict.
+                tracing::debug!(error = %e, "probe publish failed");
+                let _ = tx.send(Internal::ProbeNotSent { seq });
+            }
+        });
+        true
+    }
+
     fn on_disconnect(&mut self) {
+        self.probe_outstanding = None;
         self.sink = None;
         self.connected.store(false, Ordering::Relaxed);
         for entry in self.entries.values_mut() {
@@ -291,6 +385,14 @@ impl Task {
     }
 
     fn on_message(&mut self, msg: redis::Msg) {
+        if msg.get_channel_name() == self.probe_channel.as_ref() {
+            if let (Some(seq), Some((want, _))) = (probe_seq_of(&msg), self.probe_outstanding) {
+                if seq == want {
+                    self.probe_outstanding = None;
+                }
+            }
+            return;
+        }
         let Some(entry) = self.entries.get(msg.get_channel_name()) else {
             return;
         };
@@ -362,6 +464,11 @@ impl Task {
 
     fn on_internal(&mut self, i: Internal) {
         match i {
+            Internal::ProbeNotSent { seq } => {
+                if self.probe_outstanding.is_some_and(|(want, _)| want == seq) {
+                    self.probe_outstanding = None;
+                }
+            }
             Internal::Subscribed {
                 channel,
                 generation,
@@ -483,4 +590,26 @@ impl Task {
             });
         });
     }
+}
+
+async fn publish_probe(pool: &RedisPool, channel: &str, seq: u64) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    tokio::time::timeout(
+        pool.command_timeout(),
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(seq)
+            .query_async::<i64>(&mut conn),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+fn probe_seq_of(msg: &redis::Msg) -> Option<u64> {
+    std::str::from_utf8(msg.get_payload_bytes())
+        .ok()?
+        .parse()
+        .ok()
 }
