@@ -23,6 +23,10 @@ struct TestApp {
 }
 
 async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+async fn spawn_app_with(more: &str) -> TestApp {
     let extra = format!(
         r#"
 [server]
@@ -36,6 +40,7 @@ command_timeout_ms = 200
 [api]
 keys = ["{API_KEY}"]
 max_body_bytes = 1024
+allowed_origins = ["https://shop.example"]
 [tokens]
 subscribe_secret = "subscribe-secret-0123456789abcdef0123"
 callback_secret = "callback-secret-0123456789abcdef01234"
@@ -44,6 +49,7 @@ base_url = "http://127.0.0.1:{daraja}"
 consumer_key = "k"
 consumer_secret = "s"
 passkey = "p"
+{more}
 "#,
         redis = dead_port(),
         daraja = dead_port(),
@@ -236,6 +242,12 @@ async fn valid_push_with_redis_down_gets_503_not_a_push() {
         !message.contains("redis://"),
         "5xx bodies stay generic: {message}"
     );
+    // Without an Idempotency-Key too: no prompt is sent for a payment that cannot be
+    // recorded (Daraja is unreachable here, so a push attempt would give 502).
+    let body = json!({"phone":"0712345678","amount":10,"account_reference":"A"}).to_string();
+    let (status, code, _) =
+        error_of(app.push(Some(&format!("Bearer {API_KEY}")), body).await).await;
+    assert_eq!((status, code.as_str()), (503, "SERVICE_UNAVAILABLE"));
 }
 
 #[tokio::test]
@@ -350,4 +362,56 @@ async fn unknown_payment_subpaths_get_404() {
         .expect("request");
     let (status, code, _) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn cors_allows_configured_origins_only() {
+    let app = spawn_app().await;
+    let url = format!("{}/v1/payments/ws_CO_1", app.base);
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://shop.example").await.expect("request");
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://shop.example")
+    );
+    let other = preflight("https://evil.example").await.expect("request");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn websockets_from_other_origins_are_refused() {
+    let app = spawn_app().await;
+    let tokens = stk_relay_shared::token::SubscribeTokens::new(secrecy::SecretString::from(
+        "subscribe-secret-0123456789abcdef0123".to_owned(),
+    ));
+    let id = stk_relay_shared::ids::CheckoutRequestId::parse("ws_CO_1").expect("id");
+    let token = tokens.issue(&id, chrono::Utc::now() + chrono::Duration::minutes(5));
+    let resp = app
+        .client
+        .get(format!("{}/v1/payments/ws_CO_1/ws?token={token}", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("request");
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+    // From the allowed origin the same request passes the origin check and reaches the
+    // upgrade (which this plain GET is not): 400, not 403.
+    let resp = app
+        .client
+        .get(format!("{}/v1/payments/ws_CO_1/ws?token={token}", app.base))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
 }

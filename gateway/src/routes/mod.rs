@@ -32,11 +32,12 @@ pub async fn fallback(req: HttpRequest) -> HttpResponse {
     let p = req.path();
     let payment_route = p.strip_prefix("/v1/payments/").is_some_and(|rest| {
         let mut parts = rest.split('/');
-        let _id = parts.next();
-        matches!(
-            (parts.next(), parts.next()),
-            (None, None) | (Some("ws" | "events"), None)
-        )
+        let has_id = parts.next().is_some_and(|id| !id.is_empty());
+        has_id
+            && matches!(
+                (parts.next(), parts.next()),
+                (None, None) | (Some("ws" | "events"), None)
+            )
     });
     let known = p == "/v1/stk/push" || payment_route || p == "/healthz" || p == "/readyz";
     if known {

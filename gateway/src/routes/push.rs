@@ -98,6 +98,13 @@ pub async fn push(
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = ValidPush::parse(&body)?;
 
+    // A prompt must never be sent for a payment that cannot be recorded: without Redis
+    // the browser could not learn the result. (With an Idempotency-Key the claim below
+    // already needs Redis.)
+    if idem_key.is_none() {
+        state.store.pool().ping().await?;
+    }
+
     let record_key = match idem_key {
         None => None,
         Some(k) => match state.idempotency.begin(&client.id, k, &push.hash()).await? {
