@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
-use stk_relay_shared::config::{self as shared_config, ConfigError, RedisSettings, ServerSettings};
+use stk_relay_shared::config::{
+    self as shared_config, ConfigError, RedisSettings, ServerSettings, Settings,
+};
 use stk_relay_shared::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -37,34 +39,23 @@ pub struct PaymentSettings {
     pub ttl_secs: u64,
 }
 
-impl IngestSettings {
-    /// Loads defaults, the optional file (`--config` or `INGEST_CONFIG`) and the env.
-    pub fn load() -> Result<Self, ConfigError> {
-        let file = shared_config::config_path_from_args(ENV_PREFIX);
-        Self::load_from(file.as_deref())
-    }
+impl Settings for IngestSettings {
+    const DEFAULTS: &'static str = DEFAULTS;
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
 
-    pub fn load_from(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        Self::load_with(file, None)
-    }
-
-    /// Like [`Self::load_from`], with `extra` TOML layered over the file (for tests and
-    /// embedders).
-    pub fn load_with(
-        file: Option<&std::path::Path>,
-        extra: Option<&str>,
-    ) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(DEFAULTS, file, extra, ENV_PREFIX, &[])?;
-        s.validate()?;
-        Ok(s)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
         shared_config::require_secret("tokens.callback_secret", &self.tokens.callback_secret, 32)?;
-        if !(1024..=1024 * 1024).contains(&self.callbacks.max_body_bytes) {
+        let max = stk_relay_shared::daraja::callback::MAX_CALLBACK_BYTES;
+        if !(1024..=max).contains(&self.callbacks.max_body_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "callbacks.max_body_bytes must be between 1024 and {max} (the parser's limit)"
+            )));
+        }
+        if self.callbacks.redis_retry_budget_ms > 30_000 {
             return Err(ConfigError::Invalid(
-                "callbacks.max_body_bytes must be between 1024 and 1048576".into(),
+                "callbacks.redis_retry_budget_ms must be at most 30000: Daraja will not wait longer"
+                    .into(),
             ));
         }
         if self.payments.ttl_secs == 0 {
@@ -74,7 +65,9 @@ impl IngestSettings {
         }
         Ok(())
     }
+}
 
+impl IngestSettings {
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.callbacks.redis_retry_budget_ms)
     }

@@ -1,6 +1,7 @@
 //! `stk-relay-callback-ingest`: load config, start telemetry, serve until SIGTERM.
 
 use stk_relay_callback_ingest::{config::IngestSettings, startup::Application};
+use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::{shutdown::Shutdown, telemetry};
 
 #[tokio::main]

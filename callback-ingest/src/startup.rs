@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use stk_relay_shared::config::ServerSettings;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
@@ -29,7 +30,7 @@ pub struct AppState {
 
 pub struct Application {
     port: u16,
-    host: String,
+    server_settings: ServerSettings,
     server: Server,
     shutdown: Shutdown,
     state: web::Data<AppState>,
@@ -78,7 +79,7 @@ impl Application {
         }
         Ok(Self {
             port,
-            host: settings.server.host.clone(),
+            server_settings: settings.server.clone(),
             server: server.run(),
             shutdown,
             state,
@@ -91,12 +92,7 @@ impl Application {
 
     /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
     pub fn base_url(&self) -> String {
-        let host = if self.host == "0.0.0.0" {
-            "127.0.0.1"
-        } else {
-            &self.host
-        };
-        format!("http://{host}:{}", self.port)
+        self.server_settings.local_url(self.port)
     }
 
     /// Serves until shutdown: readiness turns 503 at once, the listener stops, and

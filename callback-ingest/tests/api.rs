@@ -6,6 +6,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use stk_relay_callback_ingest::config::IngestSettings;
 use stk_relay_callback_ingest::startup::Application;
+use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::token::CallbackTokens;
 

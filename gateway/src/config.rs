@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use stk_relay_shared::config::{self as shared_config, ConfigError, RedisSettings, ServerSettings};
+use stk_relay_shared::config::{
+    self as shared_config, ConfigError, RedisSettings, ServerSettings, Settings,
+};
 use stk_relay_shared::daraja::DarajaClientSettings;
 use stk_relay_shared::telemetry::TelemetrySettings;
 
@@ -67,35 +69,12 @@ impl WsSettings {
     }
 }
 
-impl GatewaySettings {
-    /// Loads defaults, the optional file (`--config` or `GATEWAY_CONFIG`) and the env.
-    pub fn load() -> Result<Self, ConfigError> {
-        let file = shared_config::config_path_from_args(ENV_PREFIX);
-        Self::load_from(file.as_deref())
-    }
+impl Settings for GatewaySettings {
+    const DEFAULTS: &'static str = DEFAULTS;
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const LIST_KEYS: &'static [&'static str] = &["api.keys", "api.allowed_origins"];
 
-    pub fn load_from(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        Self::load_with(file, None)
-    }
-
-    /// Like [`Self::load_from`], with `extra` TOML layered over the file (for tests and
-    /// embedders).
-    pub fn load_with(
-        file: Option<&std::path::Path>,
-        extra: Option<&str>,
-    ) -> Result<Self, ConfigError> {
-        let s: Self = shared_config::load(
-            DEFAULTS,
-            file,
-            extra,
-            ENV_PREFIX,
-            &["api.keys", "api.allowed_origins"],
-        )?;
-        s.validate()?;
-        Ok(s)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
         self.daraja.validate()?;
         if self.api.keys.is_empty() {
@@ -144,6 +123,16 @@ impl GatewaySettings {
         if !(256..=1024 * 1024).contains(&self.api.max_body_bytes) {
             return Err(ConfigError::Invalid(
                 "api.max_body_bytes must be between 256 and 1048576".into(),
+            ));
+        }
+        if self.ws.max_connections == 0 || self.ws.max_connections > 1_000_000 {
+            return Err(ConfigError::Invalid(
+                "ws.max_connections must be between 1 and 1000000".into(),
+            ));
+        }
+        if self.payments.idempotency_ttl_secs < 60 {
+            return Err(ConfigError::Invalid(
+                "payments.idempotency_ttl_secs must be at least 60".into(),
             ));
         }
         if self.ws.heartbeat_interval_ms == 0

@@ -20,6 +20,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use stk_relay_shared::broker::redis::RedisBroker;
 use stk_relay_shared::broker::Broker;
+use stk_relay_shared::config::ServerSettings;
 use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
@@ -90,7 +91,7 @@ impl AppState {
 
 pub struct Application {
     port: u16,
-    host: String,
+    server_settings: ServerSettings,
     server: Server,
     shutdown: Shutdown,
     state: web::Data<AppState>,
@@ -178,7 +179,7 @@ impl Application {
         }
         Ok(Self {
             port,
-            host: settings.server.host.clone(),
+            server_settings: settings.server.clone(),
             server: server.run(),
             shutdown,
             state,
@@ -191,12 +192,7 @@ impl Application {
 
     /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
     pub fn base_url(&self) -> String {
-        let host = if self.host == "0.0.0.0" {
-            "127.0.0.1"
-        } else {
-            &self.host
-        };
-        format!("http://{host}:{}", self.port)
+        self.server_settings.local_url(self.port)
     }
 
     /// Serves until the shutdown handle fires, then runs the shutdown sequence.

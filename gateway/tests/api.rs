@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 use stk_relay_gateway::config::GatewaySettings;
 use stk_relay_gateway::startup::Application;
+use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::shutdown::Shutdown;
 
 const API_KEY: &str = "test-api-key-0123456789";

@@ -68,6 +68,40 @@ pub fn load<T: DeserializeOwned>(
     Ok(cfg.try_deserialize()?)
 }
 
+/// A service's whole configuration: where its defaults and environment variables come
+/// from, and how it is validated. `load` / `load_with` are the only ways to build one, so
+/// every value a service runs with has passed `validate`.
+pub trait Settings: DeserializeOwned {
+    /// The commented `config/default.toml`, embedded.
+    const DEFAULTS: &'static str;
+    /// `GATEWAY` → `GATEWAY__SECTION__KEY` variables and `GATEWAY_CONFIG`.
+    const ENV_PREFIX: &'static str;
+    /// Keys whose environment value is a comma-separated list.
+    const LIST_KEYS: &'static [&'static str] = &[];
+
+    /// Checks the loaded values once; a service refuses to start on an error.
+    fn validate(&self) -> Result<(), ConfigError>;
+
+    /// Defaults, then the file from `--config` or `<PREFIX>_CONFIG`, then the environment.
+    fn load() -> Result<Self, ConfigError> {
+        let file = config_path_from_args(Self::ENV_PREFIX);
+        Self::load_with(file.as_deref(), None)
+    }
+
+    /// Defaults, then `file`, then `extra` TOML (tests and embedders), then the environment.
+    fn load_with(file: Option<&Path>, extra: Option<&str>) -> Result<Self, ConfigError> {
+        let s: Self = load(
+            Self::DEFAULTS,
+            file,
+            extra,
+            Self::ENV_PREFIX,
+            Self::LIST_KEYS,
+        )?;
+        s.validate()?;
+        Ok(s)
+    }
+}
+
 /// The config file path: `--config <path>` / `--config=<path>` on the command line, else
 /// the `<env_prefix>_CONFIG` variable.
 pub fn config_path_from_args(env_prefix: &str) -> Option<PathBuf> {
@@ -96,6 +130,17 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// The URL a local client reaches the server at once bound to `port`
+    /// (`0.0.0.0` is shown as `127.0.0.1`).
+    pub fn local_url(&self, port: u16) -> String {
+        let host = if self.host == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            &self.host
+        };
+        format!("http://{host}:{port}")
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
