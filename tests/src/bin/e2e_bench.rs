@@ -63,6 +63,7 @@ async fn main() -> Result<()> {
         probes.push(ws);
     }
     let at_one = conn_counts(&c).await?;
+    let rss_one = gateway_rss(&c)?;
 
     // N payments, N sockets.
     let n = args.payments;
@@ -134,6 +135,7 @@ async fn main() -> Result<()> {
     }
     eprintln!("{n} sockets open in {:.2}s", t.elapsed().as_secs_f64());
     let at_n = conn_counts(&c).await?;
+    let rss_n = gateway_rss(&c)?;
 
     let ids: Vec<&str> = pushes
         .iter()
@@ -223,10 +225,41 @@ async fn main() -> Result<()> {
     for ((name, one), (_, many)) in at_one.iter().zip(at_n.iter()) {
         println!("| {name} | {one} | {many} |");
     }
+    println!("\n### Gateway memory (RSS)\n");
+    println!(
+        "| node | with 1 socket | with {} sockets | per added socket |",
+        n / 2 + 1
+    );
+    println!("|---|---|---|---|");
+    for ((name, one), (_, many)) in rss_one.iter().zip(rss_n.iter()) {
+        let per = (*many as f64 - *one as f64) / f64::from((n / 2).max(1));
+        println!(
+            "| {name} | {:.1} MiB | {:.1} MiB | {per:.1} KiB |",
+            *one as f64 / 1024.0,
+            *many as f64 / 1024.0
+        );
+    }
     for p in probes {
         p.close().await;
     }
     Ok(())
+}
+
+/// Resident memory of each gateway process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn gateway_rss(c: &Cluster) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for node in &c.gateways {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
+            .with_context(|| format!("/proc/{}/status", node.pid()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("no VmRSS for {}", node.name()))?;
+        out.push((node.name().to_owned(), kib));
+    }
+    Ok(out)
 }
 
 /// Redis connections held by each node, and all of Redis's clients (`CLIENT LIST`,
