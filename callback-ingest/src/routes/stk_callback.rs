@@ -43,7 +43,20 @@ pub async fn stk_callback(
     .await
     .map_err(|e| IngestError::Unavailable(e.to_string()))?;
     match outcome {
-        ApplyOutcome::Applied(_) => tracing::info!("payment final; published"),
+        ApplyOutcome::Applied { pushed_amount, .. } => {
+            tracing::info!("payment final; published");
+            let paid = callback.metadata.amount;
+            if let (Some(pushed), Some(paid)) = (pushed_amount, paid) {
+                if pushed != paid {
+                    // Recorded as Daraja reports it; flagged for the merchant's reconciliation.
+                    tracing::warn!(
+                        pushed,
+                        paid,
+                        "callback amount differs from the amount pushed"
+                    );
+                }
+            }
+        }
         ApplyOutcome::Duplicate => {
             tracing::info!("duplicate callback acknowledged; nothing published")
         }

@@ -11,7 +11,8 @@
 --   -> {"EXISTS", state} | {"FINAL", state} (an early callback applied) | {"PENDING", state}
 -- mode "final":   ARGV[2] nonce ("" = trusted source such as STK Push Query: no token
 --                 check, and no early record), ARGV[3] outcome JSON, ARGV[4] ttl seconds
---   -> {"APPLIED", state} | {"DUPLICATE", state or ""} | {"EARLY"} | {"FORBIDDEN"} | {"NOT_FOUND"}
+--   -> {"APPLIED", state, pushed amount or ""} | {"DUPLICATE", state or ""} | {"EARLY"}
+--      | {"FORBIDDEN"} | {"NOT_FOUND"}
 --
 -- A final state is written and published in the same script, so a subscriber that
 -- subscribes first and then reads can never miss it.
@@ -68,10 +69,16 @@ if ARGV[1] == 'final' then
   if status ~= 'PENDING' then
     return {'DUPLICATE', state}
   end
+  local pushed = cjson.decode(state)['amount']
+  if type(pushed) ~= 'number' then
+    pushed = ''
+  else
+    pushed = tostring(pushed)
+  end
   local enc, final_status = merge(state, ARGV[3])
   redis.call('HSET', KEYS[1], 'state', enc, 'status', final_status, 'version', 2)
   redis.call('PUBLISH', KEYS[2], enc)
-  return {'APPLIED', enc}
+  return {'APPLIED', enc, pushed}
 end
 
 return redis.error_reply('payment.lua: unknown mode')

@@ -30,8 +30,12 @@ pub enum RecordOutcome {
 /// What applying a final outcome did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// PENDING → final, written and published. Carries the final STATE JSON.
-    Applied(String),
+    /// PENDING → final, written and published. Carries the final STATE JSON and the
+    /// amount the push asked for (to compare with what the callback says was paid).
+    Applied {
+        state: String,
+        pushed_amount: Option<u32>,
+    },
     /// Already final (a duplicate callback): nothing written, nothing published.
     Duplicate,
     /// No pending record yet: the outcome was kept for the pending write to apply.
@@ -125,7 +129,13 @@ impl PaymentStore {
             .await?;
         let mut it = reply.into_iter();
         match (it.next().as_deref(), it.next()) {
-            (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied(s)),
+            (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied {
+                state: s,
+                pushed_amount: it
+                    .next()
+                    .and_then(|a| a.parse::<f64>().ok())
+                    .map(|a| a as u32),
+            }),
             (Some("DUPLICATE"), _) => Ok(ApplyOutcome::Duplicate),
             (Some("EARLY"), _) => Ok(ApplyOutcome::Early),
             (Some("FORBIDDEN"), _) => Ok(ApplyOutcome::Forbidden),
