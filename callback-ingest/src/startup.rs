@@ -57,7 +57,7 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<RedactedRootSpan>::new())
                 .app_data(data.clone())
@@ -68,15 +68,8 @@ impl Application {
                     web::post().to(routes::stk_callback::stk_callback),
                 )
                 .default_service(web::to(routes::not_found))
-        })
-        .listen(listener)?
-        .disable_signals()
-        // Longer than the idle timeout of common load balancers (60 s).
-        .keep_alive(Duration::from_secs(75))
-        .shutdown_timeout(settings.server.shutdown_timeout().as_secs().max(1));
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        });
+        let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
         Ok(Self {
             port,
             server_settings: settings.server.clone(),

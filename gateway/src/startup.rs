@@ -142,7 +142,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let data = state.clone();
         let origins = settings.api.allowed_origins.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             let mut cors = Cors::default()
                 .allowed_methods(["GET"])
                 .allowed_headers([actix_web::http::header::AUTHORIZATION])
@@ -167,16 +167,8 @@ impl Application {
                         .route("/events", web::get().to(routes::payments::events)),
                 )
                 .default_service(web::to(routes::fallback))
-        })
-        .listen(listener)?
-        .disable_signals()
-        // Longer than the idle timeout of common load balancers (60 s), so that the
-        // balancer, not the gateway, closes idle upstream connections.
-        .keep_alive(Duration::from_secs(75))
-        .shutdown_timeout(settings.server.shutdown_timeout().as_secs().max(1));
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        });
+        let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
         Ok(Self {
             port,
             server_settings: settings.server.clone(),

@@ -1,17 +1,58 @@
 //! Edge helpers for the HTTP services (no handlers): a request span that never records
-//! secrets, and a bounded body reader.
+//! secrets, a bounded body reader, and the server tuning both services share.
 //!
 //! The default `tracing-actix-web` span records the request target, which would put
 //! callback tokens (in the path) and subscribe tokens (in the query) into every log
 //! line. [`RedactedRootSpan`] records the matched route pattern instead, e.g.
 //! `/v1/callbacks/stk/{callback_token}`.
 
+use std::net::TcpListener;
+use std::time::Duration;
+
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::{web, HttpMessage, HttpRequest};
+use actix_web::dev::{
+    AppConfig, Response, Service, ServiceFactory, ServiceRequest, ServiceResponse,
+};
+use actix_web::{web, HttpMessage, HttpRequest, HttpServer};
 use futures_util::StreamExt;
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
+
+use crate::config::ServerSettings;
+
+/// Longer than the idle timeout of common load balancers (60 s), so that the balancer,
+/// not the service, closes idle upstream connections.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+
+/// Applies the settings both services share to an `HttpServer` and binds it to
+/// `listener`: no signal handling of actix's own (the services own their shutdown),
+/// [`KEEP_ALIVE`], the graceful-stop bound and the worker count.
+pub fn configure<F, I, S, B>(
+    server: HttpServer<F, I, S, B>,
+    listener: TcpListener,
+    settings: &ServerSettings,
+) -> std::io::Result<HttpServer<F, I, S, B>>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let mut server = server
+        .listen(listener)?
+        .disable_signals()
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(settings.shutdown_timeout().as_secs().max(1));
+    if settings.workers > 0 {
+        server = server.workers(settings.workers);
+    }
+    Ok(server)
+}
 
 /// Root span per request: method, route pattern, request id, status. No target, no
 /// query string, no headers.
