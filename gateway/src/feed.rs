@@ -8,19 +8,11 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use stk_relay_shared::api::{encode_message, MessageType};
 use stk_relay_shared::broker::{Broker, BrokerError, BrokerEvent, Subscription};
 use stk_relay_shared::ids::CheckoutRequestId;
-use stk_relay_shared::payment::PaymentStatus;
+use stk_relay_shared::payment::{PaymentStatus, StateHead};
 use stk_relay_shared::store::{PaymentStore, StoreError};
-
-/// The two fields of a STATE that the feed needs; the rest passes through untouched.
-#[derive(Deserialize)]
-struct StateHead {
-    status: PaymentStatus,
-    version: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -58,7 +50,7 @@ pub struct PaymentFeed {
 const MAX_RESYNC_ATTEMPTS: u32 = 40;
 
 fn head(state: &str) -> Result<StateHead, FeedError> {
-    serde_json::from_str(state).map_err(|e| FeedError::BadState(e.to_string()))
+    StateHead::parse(state).map_err(|e| FeedError::BadState(e.to_string()))
 }
 
 fn frame_for(status: PaymentStatus, state: &str) -> String {

@@ -168,6 +168,21 @@ pub struct PaymentState {
     pub version: u64,
 }
 
+/// The two fields of a stored or published STATE that its holders act on; the rest of the
+/// JSON passes through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct StateHead {
+    pub status: PaymentStatus,
+    pub version: u64,
+}
+
+impl StateHead {
+    /// Reads the head of a STATE JSON without decoding the rest.
+    pub fn parse(state_json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(state_json)
+    }
+}
+
 /// A final result for one payment, from a callback or a status query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

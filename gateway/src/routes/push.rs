@@ -14,7 +14,7 @@ use stk_relay_shared::daraja::client::StkPush;
 use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
-use stk_relay_shared::payment::{PaymentState, PaymentStatus};
+use stk_relay_shared::payment::{PaymentState, StateHead};
 use stk_relay_shared::store::{RecordOutcome, StoreError};
 
 use crate::auth::require_api_key;
@@ -279,11 +279,7 @@ async fn record_with_retry(
 
 /// The `status` of a stored STATE JSON, `PENDING` if it cannot be read.
 fn status_of(state_json: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        status: PaymentStatus,
-    }
-    serde_json::from_str::<Head>(state_json)
+    StateHead::parse(state_json)
         .map(|h| h.status.as_str().to_owned())
         .unwrap_or_else(|_| "PENDING".to_owned())
 }
