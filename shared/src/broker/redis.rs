@@ -152,18 +152,9 @@ impl Broker for RedisBroker {
         let channel = channel.to_owned();
         let payload = payload.to_owned();
         async move {
-            let mut conn = self
-                .pool
-                .get()
+            publish_on_pool(&self.pool, &channel, &payload)
                 .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(&payload)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))
+                .map_err(BrokerError::Unavailable)
         }
         .boxed()
     }
@@ -592,19 +583,24 @@ impl Task {
     }
 }
 
-async fn publish_probe(pool: &RedisPool, channel: &str, seq: u64) -> Result<(), String> {
+/// `PUBLISH` on a pooled command connection, bounded by the command timeout.
+async fn publish_on_pool(pool: &RedisPool, channel: &str, payload: &str) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     tokio::time::timeout(
         pool.command_timeout(),
         redis::cmd("PUBLISH")
             .arg(channel)
-            .arg(seq)
+            .arg(payload)
             .query_async::<i64>(&mut conn),
     )
     .await
     .map_err(|_| "timed out".to_string())?
     .map(|_| ())
     .map_err(|e| e.to_string())
+}
+
+async fn publish_probe(pool: &RedisPool, channel: &str, seq: u64) -> Result<(), String> {
+    publish_on_pool(pool, channel, &seq.to_string()).await
 }
 
 fn probe_seq_of(msg: &redis::Msg) -> Option<u64> {
