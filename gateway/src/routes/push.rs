@@ -3,7 +3,7 @@
 //! Flow: API key → body (bounded, JSON, typed) → Idempotency-Key → callback token →
 //! Daraja STK Push → PENDING record in Redis → subscribe token for the browser.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -15,7 +15,7 @@ use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
 use stk_relay_shared::payment::{PaymentState, StateHead};
-use stk_relay_shared::store::{RecordOutcome, StoreError};
+use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome};
 
 use crate::auth::require_api_key;
 use crate::error::ApiError;
@@ -257,24 +257,14 @@ async fn record_with_retry(
     pending: &PaymentState,
     nonce: &str,
 ) -> Result<RecordOutcome, ApiError> {
-    let deadline = Instant::now() + RECORD_RETRY_BUDGET;
-    let mut delay = Duration::from_millis(25);
-    loop {
-        match state.store.record_pending(pending, nonce).await {
-            Ok(r) => return Ok(r),
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout))
-                if Instant::now() + delay < deadline =>
-            {
-                tracing::warn!(error = %e, "redis unavailable; retrying pending write");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(400));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "push accepted by Daraja but not recorded");
-                return Err(e.into());
-            }
-        }
-    }
+    retry_while_unavailable(RECORD_RETRY_BUDGET, "pending write", || {
+        state.store.record_pending(pending, nonce)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "push accepted by Daraja but not recorded");
+        e.into()
+    })
 }
 
 /// The `status` of a stored STATE JSON, `PENDING` if it cannot be read.

@@ -12,6 +12,36 @@ pub mod pool;
 pub use payments::{ApplyOutcome, PaymentStore, RecordOutcome};
 pub use pool::RedisPool;
 
+/// Runs `op` and retries it while Redis is unreachable (`Unavailable` or `Timeout`),
+/// with backoff from 25 ms doubling to 400 ms, as long as the next attempt starts within
+/// `budget`. Other errors, and the last unreachable one, are returned as they are.
+/// `what` names the operation in the retry log line.
+pub async fn retry_while_unavailable<T, F, Fut>(
+    budget: std::time::Duration,
+    what: &str,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + budget;
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match op().await {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout))
+                if Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying {what}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(400));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Failures talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
