@@ -42,8 +42,10 @@ pub struct PaymentSettings {
 impl Settings for IngestSettings {
     const DEFAULTS: &'static str = DEFAULTS;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const LIST_KEYS: &'static [&'static str] = &["server.trusted_proxies"];
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
         self.redis.validate()?;
         shared_config::require_secret("tokens.callback_secret", &self.tokens.callback_secret, 32)?;
         let max = stk_relay_shared::daraja::callback::MAX_CALLBACK_BYTES;

@@ -72,9 +72,11 @@ impl WsSettings {
 impl Settings for GatewaySettings {
     const DEFAULTS: &'static str = DEFAULTS;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] = &["api.keys", "api.allowed_origins"];
+    const LIST_KEYS: &'static [&'static str] =
+        &["api.keys", "api.allowed_origins", "server.trusted_proxies"];
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
         self.redis.validate()?;
         self.daraja.validate()?;
         if self.api.keys.is_empty() {

@@ -127,6 +127,10 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How long a graceful shutdown may take before connections are dropped.
     pub shutdown_timeout_ms: u64,
+    /// Proxies (CIDR blocks or addresses) whose `X-Forwarded-For` is believed; see
+    /// [`crate::net::client_ip`].
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerSettings {
@@ -143,6 +147,17 @@ impl ServerSettings {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The parsed `trusted_proxies` (checked by [`ServerSettings::validate`]).
+    pub fn trusted_proxies(&self) -> Vec<crate::net::Cidr> {
+        crate::net::parse_cidrs(&self.trusted_proxies).unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::net::parse_cidrs(&self.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("server.trusted_proxies: {e}")))?;
+        Ok(())
     }
 }
 

@@ -10,6 +10,10 @@
 //! | `<prefix>:pay:{<checkout_request_id>}:ch` | pub/sub channel | STATE JSON of each new version |
 //! | `<prefix>:idem:{<sha256 hex>}` | hash | idempotency record of one `POST /v1/stk/push` |
 //! | `<prefix>:node:{<random id>}:probe` | pub/sub channel | liveness probes of one node's subscriber connection |
+//! | `<prefix>:reconcile:{q}:due` | sorted set | pending payments by the time (ms) they are next due for an STK Push Query |
+//! | `<prefix>:reconcile:{q}:bucket` | hash | the cluster's shared STK Push Query token bucket |
+//!
+//! The reconciliation keys share the hash tag `{q}`, so one script may touch both.
 
 use sha2::{Digest, Sha256};
 
@@ -46,6 +50,17 @@ impl Keyspace {
     /// its subscriber connection receives messages.
     pub fn node_probe_channel(&self, node_id: &str) -> String {
         format!("{}:node:{{{}}}:probe", self.prefix, node_id)
+    }
+
+    /// The sorted set of pending payments, scored by when (Unix ms) each is next due
+    /// for an STK Push Query.
+    pub fn reconcile_due(&self) -> String {
+        format!("{}:reconcile:{{q}}:due", self.prefix)
+    }
+
+    /// The token bucket that bounds STK Push Queries across the cluster.
+    pub fn reconcile_bucket(&self) -> String {
+        format!("{}:reconcile:{{q}}:bucket", self.prefix)
     }
 
     /// Recovers the CheckoutRequestID from a payment channel name, if it is one of ours.

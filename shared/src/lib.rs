@@ -8,6 +8,7 @@
 //! - [`store`]: payment state in Redis: the one Lua script that changes a status.
 //! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
+//! - [`net`]: CIDR lists and the client address behind trusted proxies.
 //! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
 //! - [`config`]: layered configuration loading and the shared settings sections.
 //! - [`telemetry`]: tracing set-up (text or JSON).
@@ -20,6 +21,7 @@ pub mod daraja;
 pub mod http;
 pub mod ids;
 pub mod keyspace;
+pub mod net;
 pub mod payment;
 pub mod shutdown;
 pub mod store;

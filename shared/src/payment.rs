@@ -69,6 +69,10 @@ pub enum FailureReason {
     OperatorNotFound,
     /// Any other code: a final non-success all the same.
     Unknown,
+    /// No callback and no final STK Push Query answer within `reconcile.max_age_secs`:
+    /// the outcome could not be confirmed. Final for browsers; a genuine callback that
+    /// arrives later is recorded as a correction (version 3).
+    Unconfirmed,
 }
 
 /// Daraja's ResultCode: a number in callbacks, a numeric string in STK Push Query, and
@@ -189,7 +193,8 @@ impl StateHead {
 pub struct PaymentOutcome {
     pub status: PaymentStatus,
     pub reason: Option<FailureReason>,
-    pub result_code: ResultCode,
+    /// `None` only for [`FailureReason::Unconfirmed`], which no Daraja answer produced.
+    pub result_code: Option<ResultCode>,
     pub result_desc: String,
     pub mpesa_receipt_number: Option<String>,
     pub amount: Option<u32>,
@@ -206,8 +211,24 @@ impl PaymentOutcome {
         Self {
             status,
             reason,
-            result_code: code,
+            result_code: Some(code),
             result_desc: desc,
+            mpesa_receipt_number: None,
+            amount: None,
+            phone_number: None,
+            transaction_date: None,
+            completed_at,
+        }
+    }
+
+    /// The outcome given to a payment that nothing confirmed within
+    /// `reconcile.max_age_secs`: `FAILED` with reason `UNCONFIRMED` and no result code.
+    pub fn unconfirmed(completed_at: DateTime<Utc>) -> Self {
+        Self {
+            status: PaymentStatus::Failed,
+            reason: Some(FailureReason::Unconfirmed),
+            result_code: None,
+            result_desc: "The outcome of this payment could not be confirmed.".to_owned(),
             mpesa_receipt_number: None,
             amount: None,
             phone_number: None,
@@ -221,6 +242,9 @@ impl PaymentOutcome {
 pub const PENDING_VERSION: u64 = 1;
 /// Version number of a final state.
 pub const FINAL_VERSION: u64 = 2;
+/// Version number of a correction: a genuine callback that arrived after the payment
+/// had been closed as `UNCONFIRMED`. The only case in which a final state changes.
+pub const CORRECTION_VERSION: u64 = 3;
 
 /// What [`PaymentState::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +290,7 @@ impl PaymentState {
         }
         self.status = outcome.status;
         self.reason = outcome.reason;
-        self.result_code = Some(outcome.result_code.clone());
+        self.result_code = outcome.result_code.clone();
         self.result_desc = Some(outcome.result_desc.clone());
         if outcome.mpesa_receipt_number.is_some() {
             self.mpesa_receipt_number = outcome.mpesa_receipt_number.clone();

@@ -43,20 +43,14 @@ pub async fn stk_callback(
     .await
     .map_err(|e| IngestError::Unavailable(e.to_string()))?;
     match outcome {
-        ApplyOutcome::Applied { pushed_amount, .. } => {
-            tracing::info!("payment final; published");
-            let paid = callback.metadata.amount;
-            if let (Some(pushed), Some(paid)) = (pushed_amount, paid) {
-                if pushed != paid {
-                    // Recorded as Daraja reports it; flagged for the merchant's reconciliation.
-                    tracing::warn!(
-                        pushed,
-                        paid,
-                        "callback amount differs from the amount pushed"
-                    );
-                }
-            }
-        }
+        ApplyOutcome::Applied { .. } => tracing::info!("payment final; published"),
+        ApplyOutcome::Corrected { .. } => tracing::warn!(
+            "genuine callback after the payment was closed as UNCONFIRMED; recorded as a correction (version 3)"
+        ),
+        ApplyOutcome::Mismatch { fields } => tracing::warn!(
+            mismatch = %fields,
+            "callback does not match its push; not applied, handed to reconciliation"
+        ),
         ApplyOutcome::Duplicate => {
             tracing::info!("duplicate callback acknowledged; nothing published")
         }

@@ -236,6 +236,16 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
             tracing::info!("callback had already arrived; payment final and published");
             status_of(&state_json)
         }
+        RecordOutcome::Collision => {
+            tracing::error!(
+                "CheckoutRequestID collision: a record bound to another push exists; left as is"
+            );
+            return Err(Failed::after_push(ApiError::Daraja {
+                daraja_code: None,
+                message: "Daraja returned a CheckoutRequestID that belongs to another payment"
+                    .into(),
+            }));
+        }
         RecordOutcome::AlreadyExists(state_json) => {
             tracing::warn!("a record for this CheckoutRequestID already existed; left as is");
             status_of(&state_json)

@@ -831,7 +831,7 @@ mod tests {
         let o = cb.to_outcome(now());
         assert_eq!(o.status, PaymentStatus::Success);
         assert_eq!(o.reason, None);
-        assert_eq!(o.result_code, ResultCode::Code(0));
+        assert_eq!(o.result_code, Some(ResultCode::Code(0)));
         assert_eq!(o.mpesa_receipt_number.as_deref(), Some("NLJ7RT61SV"));
         assert_eq!(o.amount, Some(1));
         assert_eq!(o.phone_number.as_deref(), Some("2547******49"));

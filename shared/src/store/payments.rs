@@ -23,20 +23,28 @@ pub enum RecordOutcome {
     /// A callback had already arrived for it: the payment went straight to its final
     /// state, which was published. Carries the final STATE JSON.
     AppliedEarly(String),
-    /// A record already existed (a retry, or a CheckoutRequestID collision); untouched.
+    /// A record with this payment's own callback nonce already existed (a retry of the
+    /// same write); untouched.
     AlreadyExists(String),
+    /// A record bound to another callback nonce exists: two pushes were given the same
+    /// CheckoutRequestID. Untouched; the caller logs it as an error.
+    Collision,
 }
 
 /// What applying a final outcome did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// PENDING → final, written and published. Carries the final STATE JSON and the
-    /// amount the push asked for (to compare with what the callback says was paid).
-    Applied {
-        state: String,
-        pushed_amount: Option<u32>,
-    },
-    /// Already final (a duplicate callback): nothing written, nothing published.
+    /// PENDING → final, written and published. Carries the final STATE JSON.
+    Applied { state: String },
+    /// A genuine callback for a payment closed as `UNCONFIRMED`: recorded as version 3
+    /// and published. Carries the corrected STATE JSON.
+    Corrected { state: String },
+    /// The callback does not match the push it claims to complete (`fields` names what
+    /// differs: `amount`, `phone`, `merchantRequestId`). Nothing was applied: the payment
+    /// stays PENDING, is flagged `amountMismatch` and is handed to reconciliation.
+    Mismatch { fields: String },
+    /// Already final (a duplicate callback, or a Query answer after the fact): nothing
+    /// written, nothing published.
     Duplicate,
     /// No pending record yet: the outcome was kept for the pending write to apply.
     Early,
@@ -129,19 +137,26 @@ impl PaymentStore {
             .await?;
         let mut it = reply.into_iter();
         match (it.next().as_deref(), it.next()) {
-            (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied {
-                state: s,
-                pushed_amount: it
-                    .next()
-                    .and_then(|a| a.parse::<f64>().ok())
-                    .map(|a| a as u32),
-            }),
+            (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied { state: s }),
+            (Some("CORRECTED"), Some(s)) => Ok(ApplyOutcome::Corrected { state: s }),
+            (Some("MISMATCH"), Some(f)) => Ok(ApplyOutcome::Mismatch { fields: f }),
             (Some("DUPLICATE"), _) => Ok(ApplyOutcome::Duplicate),
             (Some("EARLY"), _) => Ok(ApplyOutcome::Early),
             (Some("FORBIDDEN"), _) => Ok(ApplyOutcome::Forbidden),
             (Some("NOT_FOUND"), _) => Ok(ApplyOutcome::NotFound),
             (tag, _) => Err(StoreError::Protocol(format!("payment.lua final: {tag:?}"))),
         }
+    }
+
+    /// Applies an outcome from a trusted source (STK Push Query, or reconciliation
+    /// closing a payment as `UNCONFIRMED`): no token check, never an early record, and
+    /// never a change to a final state.
+    pub async fn apply_trusted(
+        &self,
+        id: &CheckoutRequestId,
+        outcome: &PaymentOutcome,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.apply_final(id, None, outcome).await
     }
 
     /// The current STATE JSON, or `None` if no payment (or only an early callback) is known.
