@@ -38,6 +38,10 @@ pub struct ClusterOptions {
     pub heartbeat_ms: u64,
     /// Log level of the services; `STK_E2E_LOG_LEVEL` overrides it.
     pub log_level: String,
+    /// Extra environment for every gateway, after (and so overriding) the defaults.
+    pub gateway_env: Vec<(String, String)>,
+    /// Extra environment for every ingest node, after the defaults.
+    pub ingest_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -48,6 +52,8 @@ impl Default for ClusterOptions {
             persistent_redis: false,
             heartbeat_ms: 300,
             log_level: "info".to_owned(),
+            gateway_env: Vec::new(),
+            ingest_env: Vec::new(),
         }
     }
 }
@@ -80,6 +86,11 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// CheckoutRequestID → phone of every push made through [`Cluster::push`].
     phones: Mutex<HashMap<String, String>>,
+    /// The environment each node was started with, for [`Cluster::respawn_ingest`] and
+    /// [`Cluster::respawn_gateway`].
+    gateway_envs: Vec<Vec<(String, String)>>,
+    ingest_envs: Vec<Vec<(String, String)>>,
+    respawns: std::sync::atomic::AtomicUsize,
 }
 
 impl Cluster {
@@ -124,6 +135,7 @@ impl Cluster {
         .context("starting daraja-sim")?;
 
         let mut ingests = Vec::with_capacity(opts.ingests);
+        let mut ingest_envs = Vec::with_capacity(opts.ingests);
         for i in 0..opts.ingests {
             let env = vec![
                 kv("INGEST__SERVER__HOST", "127.0.0.1"),
@@ -133,10 +145,12 @@ impl Cluster {
                 kv("INGEST__TOKENS__CALLBACK_SECRET", &callback_secret),
                 kv("INGEST__TELEMETRY__LEVEL", &level),
             ];
+            let env = [env, opts.ingest_env.clone()].concat();
             let node = Node::spawn(&format!("ingest{i}"), &bins.ingest, &[], &env, &log_dir)
                 .await
                 .with_context(|| format!("starting ingest{i}"))?;
             ingests.push(node);
+            ingest_envs.push(env);
         }
         let callback_base = ingests
             .first()
@@ -144,6 +158,7 @@ impl Cluster {
             .ok_or_else(|| anyhow!("a cluster needs at least one ingest node"))?;
 
         let mut gateways = Vec::with_capacity(opts.gateways);
+        let mut gateway_envs = Vec::with_capacity(opts.gateways);
         for i in 0..opts.gateways {
             let env = vec![
                 kv("GATEWAY__SERVER__HOST", "127.0.0.1"),
@@ -165,10 +180,12 @@ impl Cluster {
                 ),
                 kv("GATEWAY__TELEMETRY__LEVEL", &level),
             ];
+            let env = [env, opts.gateway_env.clone()].concat();
             let node = Node::spawn(&format!("gateway{i}"), &bins.gateway, &[], &env, &log_dir)
                 .await
                 .with_context(|| format!("starting gateway{i}"))?;
             gateways.push(node);
+            gateway_envs.push(env);
         }
 
         let http = reqwest::Client::builder()
@@ -191,6 +208,9 @@ impl Cluster {
             callback_secret,
             http,
             phones: Mutex::new(HashMap::new()),
+            gateway_envs,
+            ingest_envs,
+            respawns: std::sync::atomic::AtomicUsize::new(0),
         };
         for i in 0..cluster.gateways.len() {
             cluster.wait_ready(cluster.gateway(i).url(), STEP).await?;
@@ -199,6 +219,64 @@ impl Cluster {
             cluster.wait_ready(cluster.ingest(i).url(), STEP).await?;
         }
         Ok(cluster)
+    }
+
+    /// Starts ingest `i` again (after `kill` or `terminate`) with the same environment
+    /// and on the same port, so CallBackURLs already handed to Daraja still reach it.
+    /// `extra` is added to its environment. Waits until it is live (not ready: a test
+    /// may restart it while Redis is down).
+    pub async fn respawn_ingest(&mut self, i: usize, extra: &[(String, String)]) -> Result<()> {
+        let port = port_of(self.ingests[i].url())?;
+        let env = [
+            self.ingest_envs[i].clone(),
+            vec![kv("INGEST__SERVER__PORT", &port.to_string())],
+            extra.to_vec(),
+        ]
+        .concat();
+        let node = self
+            .respawn(&format!("ingest{i}"), Role::Ingest, &env)
+            .await?;
+        self.ingests[i] = node;
+        Ok(())
+    }
+
+    /// Starts gateway `i` again on the same port, with the same environment plus `extra`.
+    pub async fn respawn_gateway(&mut self, i: usize, extra: &[(String, String)]) -> Result<()> {
+        let port = port_of(self.gateways[i].url())?;
+        let env = [
+            self.gateway_envs[i].clone(),
+            vec![kv("GATEWAY__SERVER__PORT", &port.to_string())],
+            extra.to_vec(),
+        ]
+        .concat();
+        let node = self
+            .respawn(&format!("gateway{i}"), Role::Gateway, &env)
+            .await?;
+        self.gateways[i] = node;
+        Ok(())
+    }
+
+    async fn respawn(&self, name: &str, role: Role, env: &[(String, String)]) -> Result<Node> {
+        let bins: &'static Binaries = tokio::task::spawn_blocking(bins::binaries)
+            .await
+            .map_err(|e| anyhow!("building the service binaries panicked: {e}"))?;
+        let n = self
+            .respawns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let program = match role {
+            Role::Ingest => &bins.ingest,
+            Role::Gateway => &bins.gateway,
+        };
+        let node = Node::spawn(&format!("{name}-r{n}"), program, &[], env, &self.log_dir)
+            .await
+            .with_context(|| format!("restarting {name}"))?;
+        let url = node.url().to_owned();
+        wait::until(&format!("{name} live after restart"), STEP, || async {
+            Ok((self.healthz(&url).await.ok() == Some(200)).then_some(()))
+        })
+        .await?;
+        Ok(node)
     }
 
     pub fn gateway(&self, i: usize) -> &Node {
@@ -530,6 +608,20 @@ impl Drop for Cluster {
     }
 }
 
-fn kv(k: &str, v: &str) -> (String, String) {
+enum Role {
+    Ingest,
+    Gateway,
+}
+
+/// The port of a `http://host:port` URL.
+fn port_of(url: &str) -> Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| anyhow!("no port in {url}"))
+}
+
+/// An environment entry, for [`ClusterOptions::gateway_env`] and the like.
+pub fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_owned(), v.to_owned())
 }
