@@ -9,7 +9,11 @@ REDIS_PORT="${REDIS_PORT:-6390}"
 SIM_PORT="${SIM_PORT:-9000}"
 INGEST_PORT="${INGEST_PORT:-8081}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
-API_KEY="${API_KEY:-dev-api-key-0123456789}"
+# Fresh secrets for every run: the example values of deploy/ are refused at start.
+rand_secret() { head -c 36 /dev/urandom | base64 | tr -d '/+=\n'; }
+API_KEY="${API_KEY:-dev-$(rand_secret)}"
+CALLBACK_SECRET="$(rand_secret)"
+SUBSCRIBE_SECRET="$(rand_secret)"
 
 command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)"; exit 1; }
 cargo build --release -p stk-relay-gateway -p stk-relay-callback-ingest -p stk-relay-daraja-sim
@@ -30,14 +34,14 @@ pids+=($!)
 
 export INGEST__SERVER__HOST=127.0.0.1 INGEST__SERVER__PORT="$INGEST_PORT"
 export INGEST__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
-export INGEST__TOKENS__CALLBACK_SECRET="dev-callback-secret-0123456789abcdef"
+export INGEST__TOKENS__CALLBACK_SECRET="$CALLBACK_SECRET"
 target/release/stk-relay-callback-ingest &
 pids+=($!)
 
 export GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT="$GATEWAY_PORT"
 export GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
 export GATEWAY__API__KEYS="$API_KEY"
-export GATEWAY__TOKENS__SUBSCRIBE_SECRET="dev-subscribe-secret-0123456789abcdef"
+export GATEWAY__TOKENS__SUBSCRIBE_SECRET="$SUBSCRIBE_SECRET"
 export GATEWAY__TOKENS__CALLBACK_SECRET="$INGEST__TOKENS__CALLBACK_SECRET"
 export GATEWAY__CALLBACKS__PUBLIC_BASE_URL="http://127.0.0.1:$INGEST_PORT"
 export GATEWAY__DARAJA__BASE_URL="http://127.0.0.1:$SIM_PORT"

@@ -21,17 +21,31 @@ pub struct IngestSettings {
     pub tokens: TokenSettings,
     pub callbacks: CallbackSettings,
     pub payments: PaymentSettings,
+    pub dev: DevSettings,
+}
+
+/// Development-only relaxations.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevSettings {
+    /// Accept the example secrets of deploy/ (the compose file). Never in production.
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenSettings {
     pub callback_secret: SecretString,
+    /// During a key rotation, the previous key, still accepted. Empty: none.
+    pub callback_secret_previous: SecretString,
+    /// Oldest callback token accepted, by its issue time.
+    pub callback_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CallbackSettings {
     pub max_body_bytes: usize,
     pub redis_retry_budget_ms: u64,
+    /// How long a callback that beat its pending write is kept for it.
+    pub early_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +74,25 @@ impl Settings for IngestSettings {
                     .into(),
             ));
         }
+        if !self.dev.allow_insecure {
+            shared_config::check_not_example("tokens.callback_secret", &self.tokens.callback_secret)?;
+            shared_config::check_not_example("redis.url", &self.redis.url)?;
+        }
+        shared_config::check_previous_secret(
+            "tokens.callback_secret",
+            &self.tokens.callback_secret,
+            &self.tokens.callback_secret_previous,
+        )?;
+        if !(60..=7 * 86_400).contains(&self.tokens.callback_ttl_secs) {
+            return Err(ConfigError::Invalid(
+                "tokens.callback_ttl_secs must be between 60 and 604800".into(),
+            ));
+        }
+        if !(10..=86_400).contains(&self.callbacks.early_ttl_secs) {
+            return Err(ConfigError::Invalid(
+                "callbacks.early_ttl_secs must be between 10 and 86400".into(),
+            ));
+        }
         if self.payments.ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "payments.ttl_secs must be positive".into(),
@@ -72,5 +105,17 @@ impl Settings for IngestSettings {
 impl IngestSettings {
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.callbacks.redis_retry_budget_ms)
+    }
+
+    pub fn callback_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.tokens.callback_ttl_secs)
+    }
+
+    /// The callback keys: current and, during a rotation, previous.
+    pub fn callback_keys(&self) -> stk_relay_shared::token::Keyring {
+        stk_relay_shared::token::Keyring::new(
+            self.tokens.callback_secret.clone(),
+            Some(self.tokens.callback_secret_previous.clone()),
+        )
     }
 }

@@ -38,6 +38,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: IngestSettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        if settings.dev.allow_insecure {
+            tracing::warn!("dev.allow_insecure is on: example secrets and plain-http URLs are accepted; never use this in production");
+        }
         let pool = RedisPool::new(&settings.redis)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         if let Err(e) = pool.warm_up().await {
@@ -47,9 +50,10 @@ impl Application {
             pool,
             Keyspace::new(settings.redis.key_prefix.clone()),
             Duration::from_secs(settings.payments.ttl_secs),
-        );
+        )
+        .with_early_ttl(Duration::from_secs(settings.callbacks.early_ttl_secs));
         let state = web::Data::new(AppState {
-            callback_tokens: CallbackTokens::new(settings.tokens.callback_secret.clone()),
+            callback_tokens: CallbackTokens::new(settings.callback_keys()),
             store,
             shutdown: shutdown.clone(),
             settings: settings.clone(),

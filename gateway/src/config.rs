@@ -25,6 +25,15 @@ pub struct GatewaySettings {
     pub callbacks: CallbackUrlSettings,
     pub daraja: DarajaClientSettings,
     pub ws: WsSettings,
+    pub dev: DevSettings,
+}
+
+/// Development-only relaxations.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevSettings {
+    /// Accept example secrets and a plain-http callback URL outside loopback (the
+    /// compose file and the simulator). Never in production; warned about at start.
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,7 +47,26 @@ pub struct ApiSettings {
 pub struct TokenSettings {
     pub subscribe_secret: SecretString,
     pub callback_secret: SecretString,
+    /// During a key rotation, the previous keys, still accepted. Empty: none.
+    pub subscribe_secret_previous: SecretString,
+    pub callback_secret_previous: SecretString,
     pub subscribe_ttl_secs: u64,
+}
+
+impl TokenSettings {
+    pub fn subscribe_keys(&self) -> stk_relay_shared::token::Keyring {
+        stk_relay_shared::token::Keyring::new(
+            self.subscribe_secret.clone(),
+            Some(self.subscribe_secret_previous.clone()),
+        )
+    }
+
+    pub fn callback_keys(&self) -> stk_relay_shared::token::Keyring {
+        stk_relay_shared::token::Keyring::new(
+            self.callback_secret.clone(),
+            Some(self.callback_secret_previous.clone()),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +102,7 @@ impl Settings for GatewaySettings {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
     const LIST_KEYS: &'static [&'static str] =
         &["api.keys", "api.allowed_origins", "server.trusted_proxies"];
+    const OPTIONAL_KEYS: &'static [&'static str] = &["daraja.party_b"];
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
@@ -102,15 +131,42 @@ impl Settings for GatewaySettings {
                 "tokens.subscribe_ttl_secs and payments.ttl_secs must be positive".into(),
             ));
         }
-        let base = &self.callbacks.public_base_url;
-        if !(base.starts_with("https://") || base.starts_with("http://"))
-            || base.ends_with('/')
-            || base.contains(char::is_whitespace)
+        let insecure = self.dev.allow_insecure;
+        shared_config::check_callback_base_url(
+            "callbacks.public_base_url",
+            &self.callbacks.public_base_url,
+            insecure,
+        )?;
+        if self.tokens.subscribe_secret.expose_secret()
+            == self.tokens.callback_secret.expose_secret()
         {
             return Err(ConfigError::Invalid(
-                "callbacks.public_base_url must be an http(s) URL without spaces or a trailing slash"
-                    .into(),
+                "tokens.subscribe_secret and tokens.callback_secret must differ".into(),
             ));
+        }
+        shared_config::check_previous_secret(
+            "tokens.subscribe_secret",
+            &self.tokens.subscribe_secret,
+            &self.tokens.subscribe_secret_previous,
+        )?;
+        shared_config::check_previous_secret(
+            "tokens.callback_secret",
+            &self.tokens.callback_secret,
+            &self.tokens.callback_secret_previous,
+        )?;
+        if !insecure {
+            for (name, secret) in [
+                ("tokens.subscribe_secret", &self.tokens.subscribe_secret),
+                ("tokens.callback_secret", &self.tokens.callback_secret),
+                ("daraja.consumer_key", &self.daraja.consumer_key),
+                ("daraja.consumer_secret", &self.daraja.consumer_secret),
+                ("redis.url", &self.redis.url),
+            ] {
+                shared_config::check_not_example(name, secret)?;
+            }
+            for k in &self.api.keys {
+                shared_config::check_not_example("api.keys", k)?;
+            }
         }
         for o in &self.api.allowed_origins {
             let ok = (o.starts_with("https://") || o.starts_with("http://"))

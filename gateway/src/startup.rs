@@ -103,6 +103,9 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 
 impl Application {
     pub async fn build(settings: GatewaySettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        if settings.dev.allow_insecure {
+            tracing::warn!("dev.allow_insecure is on: example secrets and plain-http URLs are accepted; never use this in production");
+        }
         let pool = RedisPool::new(&settings.redis).map_err(invalid)?;
         if let Err(e) = pool.warm_up().await {
             tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
@@ -127,8 +130,8 @@ impl Application {
             idempotency,
             daraja,
             api_keys: ApiKeys::new(settings.api.keys.clone()),
-            subscribe_tokens: SubscribeTokens::new(settings.tokens.subscribe_secret.clone()),
-            callback_tokens: CallbackTokens::new(settings.tokens.callback_secret.clone()),
+            subscribe_tokens: SubscribeTokens::new(settings.tokens.subscribe_keys()),
+            callback_tokens: CallbackTokens::new(settings.tokens.callback_keys()),
             shutdown: shutdown.clone(),
             connections: Arc::new(Connections {
                 open: AtomicUsize::new(0),

@@ -45,6 +45,8 @@ allowed_origins = ["https://shop.example"]
 [tokens]
 subscribe_secret = "subscribe-secret-0123456789abcdef0123"
 callback_secret = "callback-secret-0123456789abcdef01234"
+[callbacks]
+public_base_url = "http://127.0.0.1:9"
 [daraja]
 base_url = "http://127.0.0.1:{daraja}"
 consumer_key = "k"
@@ -415,4 +417,64 @@ async fn websockets_from_other_origins_are_refused() {
         .await
         .expect("request");
     assert_eq!(resp.status().as_u16(), 400);
+}
+
+/// A valid configuration (as the tests above use), with `more` appended.
+fn config_with(more: &str) -> Result<GatewaySettings, String> {
+    let base = format!(
+        r#"
+[api]
+keys = ["{API_KEY}"]
+[tokens]
+subscribe_secret = "subscribe-secret-0123456789abcdef0123"
+callback_secret = "callback-secret-0123456789abcdef01234"
+[daraja]
+consumer_key = "k"
+consumer_secret = "s"
+passkey = "p"
+{more}
+"#
+    );
+    GatewaySettings::load_with(None, Some(&base)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn configuration_refuses_what_would_hurt() {
+    // The shipped placeholder callback URL.
+    let e = config_with("").unwrap_err();
+    assert!(e.contains("callbacks.public_base_url"), "{e}");
+    let ok = "[callbacks]\npublic_base_url = \"https://pay.shop.co.ke\"\n";
+    assert!(config_with(ok).is_ok());
+    // Plain http outside loopback, "mpesa" in the URL.
+    for url in ["http://pay.shop.co.ke", "https://pay.shop.co.ke/mpesa"] {
+        let e = config_with(&format!("[callbacks]\npublic_base_url = \"{url}\"\n")).unwrap_err();
+        assert!(e.contains("callbacks.public_base_url"), "{url}: {e}");
+    }
+    // A misspelt key names itself and the closest known one.
+    let e = config_with(&format!("{ok}[ws]\nmax_conections = 5\n")).unwrap_err();
+    assert!(
+        e.contains("`ws.max_conections`") && e.contains("`ws.max_connections`"),
+        "{e}"
+    );
+    // Equal HMAC secrets; an example secret from deploy/.
+    let same = format!(
+        "{ok}[tokens]\nsubscribe_secret = \"same-secret-0123456789abcdef01234567\"\ncallback_secret = \"same-secret-0123456789abcdef01234567\"\n"
+    );
+    // (The [tokens] table is given twice: TOML refuses that, so build it without the base.)
+    let e = GatewaySettings::load_with(
+        None,
+        Some(&format!(
+            "[api]\nkeys = [\"{API_KEY}\"]\n[daraja]\nconsumer_key = \"k\"\nconsumer_secret = \"s\"\npasskey = \"p\"\n{same}"
+        )),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("must differ"), "{e}");
+    let example = format!(
+        "[callbacks]\npublic_base_url = \"https://pay.shop.co.ke\"\n[tokens]\nsubscribe_secret = \"replace-with-at-least-32-random-characters-sub\"\ncallback_secret = \"callback-secret-0123456789abcdef01234\"\n[api]\nkeys = [\"{API_KEY}\"]\n[daraja]\nconsumer_key = \"k\"\nconsumer_secret = \"s\"\npasskey = \"p\"\n"
+    );
+    let e = GatewaySettings::load_with(None, Some(&example))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("example value"), "{e}");
 }

@@ -70,7 +70,11 @@ pub struct ServerMessageOwned {
 }
 
 /// Encodes a server message around an already-encoded STATE, without parsing it again.
+/// `<`, `>` and `&` leave as `\u003c`, `\u003e` and `\u0026`
+/// (`crate::text::escape_json_for_html`).
 pub fn encode_message(kind: MessageType, state_json: &str) -> String {
+    let state_json = crate::text::escape_json_for_html(state_json);
+    let state_json = state_json.as_ref();
     let mut out = String::with_capacity(state_json.len() + 40);
     out.push_str("{\"type\":\"");
     out.push_str(kind.as_str());

@@ -28,12 +28,28 @@ pub enum ConfigError {
 /// Loads `T` from `defaults` (TOML text), then `file` if given, then `extra` (TOML text,
 /// used by tests and embedders), then env vars that start with `<env_prefix>__`. Keys
 /// listed in `list_keys` are split on commas when they come from the environment.
+///
+/// Every key set by the file, `extra` or the environment must exist in `defaults` (or be
+/// listed in `optional_keys`): a misspelt key stops the service with an error that names
+/// it and the closest known key, instead of being silently ignored.
 pub fn load<T: DeserializeOwned>(
     defaults: &str,
     file: Option<&Path>,
     extra: Option<&str>,
     env_prefix: &str,
     list_keys: &[&str],
+) -> Result<T, ConfigError> {
+    load_checked(defaults, file, extra, env_prefix, list_keys, &[])
+}
+
+/// [`load`] with keys that are known although `defaults` leaves them unset.
+pub fn load_checked<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<&Path>,
+    extra: Option<&str>,
+    env_prefix: &str,
+    list_keys: &[&str],
+    optional_keys: &[&str],
 ) -> Result<T, ConfigError> {
     // No type guessing: a secret made of digits must stay a string with its leading
     // zeros. Numbers and booleans are converted from the string where the target field
@@ -65,7 +81,103 @@ pub fn load<T: DeserializeOwned>(
         }
     }
     let cfg = builder.add_source(env).build()?;
+    check_unknown_keys(defaults, &cfg, env_prefix, optional_keys)?;
     Ok(cfg.try_deserialize()?)
+}
+
+/// Dotted paths of every leaf (a value that is not a table) of a configuration tree.
+fn leaf_paths(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(v, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+fn tree_of(cfg: &config::Config) -> Result<serde_json::Value, ConfigError> {
+    cfg.clone()
+        .try_deserialize::<serde_json::Value>()
+        .map_err(ConfigError::Load)
+}
+
+/// Edit distance between two short strings, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The known key closest to `unknown`.
+pub fn closest_key<'a>(unknown: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .min_by_key(|k| distance(unknown, k))
+        .map(String::as_str)
+}
+
+fn check_unknown_keys(
+    defaults: &str,
+    cfg: &config::Config,
+    env_prefix: &str,
+    optional_keys: &[&str],
+) -> Result<(), ConfigError> {
+    let known_cfg = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml))
+        .build()?;
+    let mut known = Vec::new();
+    leaf_paths(&tree_of(&known_cfg)?, "", &mut known);
+    known.extend(optional_keys.iter().map(|k| (*k).to_owned()));
+    let mut given = Vec::new();
+    leaf_paths(&tree_of(cfg)?, "", &mut given);
+    let mut unknown: Vec<&String> = given.iter().filter(|k| !known.contains(k)).collect();
+    unknown.sort();
+    let Some(first) = unknown.first() else {
+        return Ok(());
+    };
+    let env_name = format!(
+        "{env_prefix}__{}",
+        first.replace('.', "__").to_ascii_uppercase()
+    );
+    let origin = if std::env::var_os(&env_name).is_some() {
+        format!(" (from the environment variable {env_name})")
+    } else {
+        String::new()
+    };
+    let hint = closest_key(first, &known)
+        .map(|k| format!("; the closest known key is `{k}`"))
+        .unwrap_or_default();
+    let more = if unknown.len() > 1 {
+        format!(
+            " (and {} more: {})",
+            unknown.len() - 1,
+            unknown[1..]
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
+    Err(ConfigError::Invalid(format!(
+        "unknown configuration key `{first}`{origin}{hint}{more}"
+    )))
 }
 
 /// A service's whole configuration: where its defaults and environment variables come
@@ -78,6 +190,8 @@ pub trait Settings: DeserializeOwned {
     const ENV_PREFIX: &'static str;
     /// Keys whose environment value is a comma-separated list.
     const LIST_KEYS: &'static [&'static str] = &[];
+    /// Keys that are valid although `DEFAULTS` leaves them unset (commented out).
+    const OPTIONAL_KEYS: &'static [&'static str] = &[];
 
     /// Checks the loaded values once; a service refuses to start on an error.
     fn validate(&self) -> Result<(), ConfigError>;
@@ -90,12 +204,13 @@ pub trait Settings: DeserializeOwned {
 
     /// Defaults, then `file`, then `extra` TOML (tests and embedders), then the environment.
     fn load_with(file: Option<&Path>, extra: Option<&str>) -> Result<Self, ConfigError> {
-        let s: Self = load(
+        let s: Self = load_checked(
             Self::DEFAULTS,
             file,
             extra,
             Self::ENV_PREFIX,
             Self::LIST_KEYS,
+            Self::OPTIONAL_KEYS,
         )?;
         s.validate()?;
         Ok(s)
@@ -221,6 +336,115 @@ pub fn require_secret(name: &str, s: &SecretString, min_len: usize) -> Result<()
     Ok(())
 }
 
+/// Values shipped as examples in `deploy/` and `scripts/`. A node refuses to start with
+/// any of them unless `dev.allow_insecure` is set. (The simulator's own credentials are
+/// not here: Daraja itself refuses them.)
+pub const EXAMPLE_VALUES: &[&str] = &[
+    "https://callbacks.example.com",
+    "replace-me",
+    "replace-with-at-least-32-random-characters-cb",
+    "replace-with-at-least-32-random-characters-sub",
+    "replace-with-api-key-1-0123456789",
+    "replace-with-api-key-2-0123456789",
+    "dev-api-key-0123456789",
+    "dev-subscribe-secret-0123456789abcdef",
+    "dev-callback-secret-0123456789abcdef",
+];
+
+/// Whether `value` is one of [`EXAMPLE_VALUES`] or has their shape (`replace-with…`,
+/// a `change-me` password).
+pub fn is_example_value(value: &str) -> bool {
+    let v = value.trim();
+    EXAMPLE_VALUES.contains(&v) || v.starts_with("replace-with") || v.contains("change-me")
+}
+
+/// Refuses a secret that is an example value.
+pub fn check_not_example(name: &str, value: &SecretString) -> Result<(), ConfigError> {
+    if is_example_value(value.expose_secret()) {
+        return Err(ConfigError::Invalid(format!(
+            "{name} is an example value from the documentation or deploy/; set a real one"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the host of an `http(s)://host[:port]/…` URL is a loopback name or address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The rules for the public base URL put into every CallBackURL: an http(s) URL without
+/// whitespace or a trailing slash; https outside loopback; not a reserved example domain;
+/// nothing Daraja is known to reject ("mpesa" anywhere in it, `../shared/daraja.md`).
+/// `allow_insecure` (development) lifts the https and example rules.
+pub fn check_callback_base_url(name: &str, url: &str, allow_insecure: bool) -> Result<(), ConfigError> {
+    let bad = |why: &str| Err(ConfigError::Invalid(format!("{name} {why}")));
+    if url.contains(char::is_whitespace) {
+        return bad("must not contain whitespace (Daraja rejects such a CallBackURL)");
+    }
+    if url.to_ascii_lowercase().contains("mpesa") {
+        return bad("must not contain \"mpesa\" anywhere (Daraja rejects such a CallBackURL)");
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.ends_with('/') {
+        return bad("must be an http(s) URL without a trailing slash");
+    }
+    if allow_insecure {
+        return Ok(());
+    }
+    if url.starts_with("http://") && !is_loopback_url(url) {
+        return bad("must be https:// outside loopback (Daraja posts payment results to it)");
+    }
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split(['/', ':', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let reserved = ["example.com", "example.net", "example.org"]
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+        || host.ends_with(".example")
+        || host.ends_with(".invalid");
+    if reserved || is_example_value(url) {
+        return bad("is the placeholder or a reserved example domain; set the public URL of your ingest nodes");
+    }
+    Ok(())
+}
+
+/// A rotation's previous key: empty (no rotation), or a real secret different from the
+/// current one.
+pub fn check_previous_secret(
+    name: &str,
+    current: &SecretString,
+    previous: &SecretString,
+) -> Result<(), ConfigError> {
+    let p = previous.expose_secret();
+    if p.is_empty() {
+        return Ok(());
+    }
+    require_secret(&format!("{name}_previous"), previous, 32)?;
+    if p == current.expose_secret() {
+        return Err(ConfigError::Invalid(format!(
+            "{name}_previous must differ from {name} (leave it empty when not rotating)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +459,7 @@ mod tests {
 
     const DEFAULTS: &str = r#"
 list = ["a"]
+secret = ""
 [redis]
 url = "redis://127.0.0.1:6379"
 key_prefix = "stk"
@@ -267,6 +492,115 @@ command_timeout_ms = 1000
         assert_eq!(s.list, vec!["x".to_string(), "y".to_string()]);
         assert!(s.redis.validate().is_ok());
         assert!(!format!("{:?}", s.redis).contains("6379"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_closest_known_one() {
+        std::env::set_var("CFGTEST3__REDIS__POOL_SIZ", "5");
+        let r: Result<Sample, _> = load(DEFAULTS, None, None, "CFGTEST3", &[]);
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("`redis.pool_siz`"), "{msg}");
+        assert!(msg.contains("CFGTEST3__REDIS__POOL_SIZ"), "{msg}");
+        assert!(msg.contains("`redis.pool_size`"), "{msg}");
+        // The same from a file (here: extra TOML).
+        let r: Result<Sample, _> = load(
+            DEFAULTS,
+            None,
+            Some("[redis]\nkey_prefx = \"x\"\n"),
+            "CFGTEST4",
+            &[],
+        );
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("`redis.key_prefx`") && msg.contains("`redis.key_prefix`"),
+            "{msg}"
+        );
+        // Optional keys are known.
+        let r: Result<Sample, _> = load_checked(
+            DEFAULTS,
+            None,
+            Some("[redis]\nextra_opt = 1\n"),
+            "CFGTEST5",
+            &[],
+            &["redis.extra_opt"],
+        );
+        assert!(r.is_ok());
+    }
+
+    #[test]
+    fn callback_base_url_rules() {
+        let ok = |u: &str| check_callback_base_url("u", u, false).is_ok();
+        assert!(ok("https://pay.shop.co.ke"));
+        assert!(ok("http://127.0.0.1:8081"));
+        assert!(ok("http://localhost:8081"));
+        assert!(ok("http://[::1]:8081"));
+        assert!(!ok("https://callbacks.example.com"));
+        assert!(!ok("https://cb.example.org"));
+        assert!(!ok("http://cb.shop.co.ke"));
+        assert!(!ok("https://shop.co.ke/mpesa"));
+        assert!(!ok("https://MPesa-cb.shop.co.ke"));
+        assert!(!ok("https://shop.co.ke/a b"));
+        assert!(!ok("https://shop.co.ke/"));
+        assert!(check_callback_base_url("u", "http://ingest:8081", true).is_ok());
+        assert!(check_callback_base_url("u", "http://x/mpesa", true).is_err());
+    }
+
+    /// Every secret-like value shipped in deploy/ is refused.
+    #[test]
+    fn every_example_value_in_deploy_is_refused() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut files = vec![];
+        let mut dirs = vec![root];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        let mut checked = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            for line in text.lines() {
+                let line = line.trim();
+                if line.starts_with('#') {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once(": ") else {
+                    continue;
+                };
+                let k = k.trim().to_ascii_uppercase();
+                let secretish = ["SECRET", "API__KEYS", "API-KEYS", "PUBLIC_BASE_URL"]
+                    .iter()
+                    .any(|m| k.contains(m))
+                    && !k.contains("SECRETKEYREF");
+                let v = v.split(" #").next().unwrap_or(v).trim().trim_matches('"');
+                let compose_dev = f.to_string_lossy().contains("compose");
+                if !secretish || v.is_empty() || v.starts_with('{') || compose_dev {
+                    continue;
+                }
+                if k.contains("PUBLIC_BASE_URL") {
+                    assert!(
+                        check_callback_base_url("u", v, false).is_err(),
+                        "{}: {k} = {v} would be accepted",
+                        f.display()
+                    );
+                } else {
+                    for item in v.split(',') {
+                        assert!(
+                            is_example_value(item),
+                            "{}: {k} = {item} would be accepted",
+                            f.display()
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "only {checked} values found in deploy/");
     }
 
     #[test]

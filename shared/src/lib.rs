@@ -7,6 +7,7 @@
 //! - [`keyspace`]: the only place Redis key and channel names are built.
 //! - [`store`]: payment state in Redis: the one Lua script that changes a status.
 //! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
+//! - [`text`]: cleaning text from outside, and escaping JSON for browsers.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
 //! - [`net`]: CIDR lists and the client address behind trusted proxies.
 //! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
@@ -26,4 +27,5 @@ pub mod payment;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod token;

@@ -206,13 +206,18 @@ pub struct PaymentOutcome {
 
 impl PaymentOutcome {
     /// An outcome from a result code and description; status and reason follow the code.
+    /// The description came from Daraja: it is cleaned (`crate::text::clean_external`).
     pub fn from_code(code: ResultCode, desc: String, completed_at: DateTime<Utc>) -> Self {
         let (status, reason) = code.classify();
+        let result_desc = match crate::text::clean_external(&desc) {
+            std::borrow::Cow::Borrowed(_) => desc,
+            std::borrow::Cow::Owned(c) => c,
+        };
         Self {
             status,
             reason,
             result_code: Some(code),
-            result_desc: desc,
+            result_desc,
             mpesa_receipt_number: None,
             amount: None,
             phone_number: None,

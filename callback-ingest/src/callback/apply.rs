@@ -1,22 +1,50 @@
 //! Applying a callback's outcome through the shared store, with a bounded retry while
-//! Redis is unreachable (then the caller answers 503).
+//! Redis is unreachable.
+//!
+//! The callback is applied together with what it says it is for (its MerchantRequestID
+//! and a keyed digest of its PhoneNumber), so the store's script can refuse one that does
+//! not match its push.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use stk_relay_shared::daraja::callback::StkCallback;
-use stk_relay_shared::store::{retry_while_unavailable, ApplyOutcome, PaymentStore, StoreError};
+use stk_relay_shared::store::{
+    retry_while_unavailable, ApplyOutcome, CallbackBinding, PaymentStore, StoreError,
+};
+use stk_relay_shared::token::{CallbackTokens, VerifiedCallbackToken};
 
-/// Applies `callback` under the token `nonce`, retrying `Unavailable`/`Timeout` errors
-/// with backoff until `budget` is spent.
+/// What the callback says it is for.
+pub fn binding_of(
+    tokens: &CallbackTokens,
+    callback: &StkCallback,
+    token: &VerifiedCallbackToken<'_>,
+) -> CallbackBinding {
+    CallbackBinding {
+        mrid: callback.merchant_request_id.as_str().to_owned(),
+        phd: callback
+            .metadata
+            .phone
+            .as_ref()
+            .and_then(|p| tokens.phone_digest_with(token.key, p))
+            .unwrap_or_default(),
+    }
+}
+
+/// Applies `callback`, delivered under `token` and received at `received_at`, retrying
+/// `Unavailable`/`Timeout` errors with backoff until `budget` is spent.
 pub async fn apply_with_retry(
     store: &PaymentStore,
+    tokens: &CallbackTokens,
     callback: &StkCallback,
-    nonce: &str,
+    token: &VerifiedCallbackToken<'_>,
+    received_at: DateTime<Utc>,
     budget: Duration,
 ) -> Result<ApplyOutcome, StoreError> {
-    let outcome = callback.to_outcome(chrono::Utc::now());
+    let outcome = callback.to_outcome(received_at);
+    let binding = binding_of(tokens, callback, token);
     retry_while_unavailable(budget, "callback", || {
-        store.apply_final(&callback.checkout_request_id, Some(nonce), &outcome)
+        store.apply_callback(&callback.checkout_request_id, token.nonce, &outcome, &binding)
     })
     .await
 }

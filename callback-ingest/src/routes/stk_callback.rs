@@ -21,7 +21,13 @@ pub async fn stk_callback(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let nonce = check_token(&state.callback_tokens, &token)?;
+    let received_at = chrono::Utc::now();
+    let verified = check_token(
+        &state.callback_tokens,
+        &token,
+        received_at,
+        state.settings.callback_token_ttl(),
+    )?;
     let body = read_body(&req, payload, state.settings.callbacks.max_body_bytes).await?;
     let callback = parse_callback(&body).map_err(|e| {
         tracing::warn!(error = %e, "callback rejected: malformed");
@@ -36,8 +42,10 @@ pub async fn stk_callback(
 
     let outcome = apply_with_retry(
         &state.store,
+        &state.callback_tokens,
         &callback,
-        nonce,
+        &verified,
+        received_at,
         state.settings.retry_budget(),
     )
     .await
@@ -58,6 +66,10 @@ pub async fn stk_callback(
             tracing::info!("callback arrived before the pending record; kept for it")
         }
         ApplyOutcome::NotFound => tracing::warn!("callback for an unknown payment"),
+        ApplyOutcome::EarlyFull => {
+            tracing::warn!("callback before its pending record, and this payment already holds the most early records; refused");
+            return Err(IngestError::Forbidden);
+        }
         ApplyOutcome::Forbidden => {
             tracing::warn!("callback rejected: token belongs to another payment");
             return Err(IngestError::Forbidden);

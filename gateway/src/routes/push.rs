@@ -224,7 +224,8 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
         push.phone.masked(),
         now,
     );
-    let status = match record_with_retry(state, &pending, &cb.nonce)
+    let phone_digest = state.callback_tokens.phone_digest(&push.phone);
+    let status = match record_with_retry(state, &pending, &cb.nonce, &phone_digest)
         .await
         .map_err(Failed::after_push)?
     {
@@ -235,6 +236,10 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
         RecordOutcome::AppliedEarly(state_json) => {
             tracing::info!("callback had already arrived; payment final and published");
             status_of(&state_json)
+        }
+        RecordOutcome::PendingMismatch { fields, .. } => {
+            tracing::warn!(mismatch = %fields, "an early callback did not match this push; payment pending, handed to reconciliation");
+            "PENDING".to_owned()
         }
         RecordOutcome::Collision => {
             tracing::error!(
@@ -266,9 +271,10 @@ async fn record_with_retry(
     state: &AppState,
     pending: &PaymentState,
     nonce: &str,
+    phone_digest: &str,
 ) -> Result<RecordOutcome, ApiError> {
     retry_while_unavailable(RECORD_RETRY_BUDGET, "pending write", || {
-        state.store.record_pending(pending, nonce)
+        state.store.record_pending(pending, nonce, phone_digest)
     })
     .await
     .map_err(|e| {

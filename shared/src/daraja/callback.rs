@@ -161,11 +161,16 @@ pub struct CallbackMetadata {
 
 impl StkCallback {
     /// The final result this callback reports. Status and reason come from the
-    /// `ResultCode` alone; the phone is masked; the transaction date becomes ISO 8601 in
-    /// EAT; `completed_at` is `now`.
+    /// `ResultCode` alone; the description is cleaned; the phone is masked; the
+    /// transaction date becomes ISO 8601 in EAT; `completed_at` is `now`. Only a success
+    /// carries receipt, amount, phone and date: a failure carries none of them, whatever
+    /// its CallbackMetadata says.
     pub fn to_outcome(&self, now: DateTime<Utc>) -> PaymentOutcome {
         let mut outcome =
             PaymentOutcome::from_code(self.result_code.clone(), self.result_desc.clone(), now);
+        if !self.result_code.is_success() {
+            return outcome;
+        }
         outcome.mpesa_receipt_number = self.metadata.mpesa_receipt_number.clone();
         outcome.amount = self.metadata.amount;
         outcome.phone_number = self.metadata.phone.as_ref().map(Msisdn::masked);
@@ -840,6 +845,25 @@ mod tests {
             Some("2019-12-19T10:21:15+03:00")
         );
         assert_eq!(o.completed_at, now());
+    }
+
+    #[test]
+    fn a_failure_with_metadata_carries_none_of_it() {
+        // A cancel that also carries success-like metadata (a forgery, or a quirk).
+        let body = String::from_utf8_lossy(DOC_SUCCESS)
+            .replace("\"ResultCode\": 0", "\"ResultCode\": 1032")
+            .replace(
+                "The service request is processed successfully.",
+                "Request cancelled by user",
+            );
+        let cb = ok(body.as_bytes());
+        assert_eq!(cb.result_code, ResultCode::Code(1032));
+        let o = cb.to_outcome(now());
+        assert_eq!(o.status, PaymentStatus::Failed);
+        assert_eq!(o.mpesa_receipt_number, None);
+        assert_eq!(o.amount, None);
+        assert_eq!(o.transaction_date, None);
+        assert_eq!(o.phone_number, None);
     }
 
     #[test]

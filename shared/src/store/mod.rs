@@ -9,7 +9,7 @@
 pub mod payments;
 pub mod pool;
 
-pub use payments::{ApplyOutcome, PaymentStore, RecordOutcome};
+pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
 pub use pool::RedisPool;
 
 /// Runs `op` and retries it while Redis is unreachable (`Unavailable` or `Timeout`),

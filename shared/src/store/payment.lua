@@ -5,80 +5,174 @@
 -- ARGV[1]  mode: "pending" | "final"
 --
 -- Hash fields: state (STATE JSON), status, version, cbt (callback token nonce),
---              early (an outcome JSON that arrived before the pending record).
+--   phd (keyed digest of the pushed phone), amountMismatch (what a refused callback got
+--   wrong), early:<nonce> (an outcome that arrived before the pending record, one per
+--   callback token nonce, never overwritten).
 --
--- mode "pending": ARGV[2] nonce, ARGV[3] pending STATE JSON, ARGV[4] ttl seconds
---   -> {"EXISTS", state} | {"FINAL", state} (an early callback applied) | {"PENDING", state}
+-- mode "pending": ARGV[2] nonce, ARGV[3] pending STATE JSON, ARGV[4] ttl seconds,
+--                 ARGV[5] phone digest
+--   -> {"PENDING", state} | {"FINAL", state} (the early callback of this nonce applied)
+--      | {"PENDING_MISMATCH", state, fields} (its early callback did not match the push)
+--      | {"EXISTS", state} (already written with this nonce) | {"COLLISION"} (a record
+--      bound to another nonce: two pushes got the same CheckoutRequestID)
 -- mode "final":   ARGV[2] nonce ("" = trusted source such as STK Push Query: no token
---                 check, and no early record), ARGV[3] outcome JSON, ARGV[4] ttl seconds
---   -> {"APPLIED", state, pushed amount or ""} | {"DUPLICATE", state or ""} | {"EARLY"}
+--                 check, never an early record), ARGV[3] outcome JSON, ARGV[4] ttl
+--                 seconds, ARGV[5] early ttl seconds, ARGV[6] binding JSON
+--                 {"phd":…,"mrid":…} (what the callback says it is for; "" fields are
+--                 not checked), ARGV[7] most early records kept per payment
+--   -> {"APPLIED", state} | {"CORRECTED", state} (version 3 after UNCONFIRMED)
+--      | {"MISMATCH", fields} | {"DUPLICATE", state or ""} | {"EARLY"} | {"EARLY_FULL"}
 --      | {"FORBIDDEN"} | {"NOT_FOUND"}
 --
+-- A callback completes only what it was issued for: its MerchantRequestID must be the
+-- push's, and a success must carry the pushed amount and, when it carries one, the
+-- pushed phone. Otherwise nothing is applied: the payment stays PENDING, the mismatch is
+-- recorded, and the caller hands the payment to reconciliation (STK Push Query).
+--
 -- A final state is written and published in the same script, so a subscriber that
--- subscribes first and then reads can never miss it.
+-- subscribes first and then reads can never miss it. A final state never changes, with
+-- one exception: a genuine callback for a payment closed as UNCONFIRMED is recorded as a
+-- correction, version 3, once.
 
-local function merge(state_json, outcome_json)
-  local state = cjson.decode(state_json)
-  local outcome = cjson.decode(outcome_json)
-  for k, v in pairs(outcome) do
-    if v ~= cjson.null then
-      state[k] = v
-    end
-  end
-  state['timestamp'] = outcome['completedAt']
-  state['version'] = 2
-  return cjson.encode(state), state['status']
+local null = cjson.null
+
+local function present(v)
+  return v ~= nil and v ~= null and v ~= ''
 end
 
-local cur = redis.call('HMGET', KEYS[1], 'status', 'state', 'early', 'cbt')
-local status, state, early, cbt = cur[1], cur[2], cur[3], cur[4]
+-- What a callback got wrong about the push it claims to complete: "" when nothing.
+local function mismatch(state, stored_phd, outcome, binding)
+  local bad = {}
+  if present(binding['mrid']) and binding['mrid'] ~= state['merchantRequestId'] then
+    bad[#bad + 1] = 'merchantRequestId'
+  end
+  if outcome['status'] == 'SUCCESS' then
+    local paid, pushed = outcome['amount'], state['amount']
+    if not present(paid) or not present(pushed) or tonumber(paid) ~= tonumber(pushed) then
+      bad[#bad + 1] = 'amount'
+    end
+    if present(binding['phd']) and present(stored_phd) and binding['phd'] ~= stored_phd then
+      bad[#bad + 1] = 'phone'
+    end
+  end
+  return table.concat(bad, ',')
+end
+
+-- The transition: the state takes the outcome's result. Only a success carries receipt,
+-- amount, phone and transaction date; a failure keeps the pushed amount and phone and
+-- has no receipt or date.
+local function merge(state, outcome, version)
+  state['status'] = outcome['status']
+  state['reason'] = outcome['reason'] or null
+  state['resultCode'] = outcome['resultCode'] or null
+  state['resultDesc'] = outcome['resultDesc'] or null
+  if outcome['status'] == 'SUCCESS' then
+    for _, k in ipairs({'mpesaReceiptNumber', 'amount', 'phoneNumber', 'transactionDate'}) do
+      if present(outcome[k]) then
+        state[k] = outcome[k]
+      end
+    end
+  else
+    state['mpesaReceiptNumber'] = null
+    state['transactionDate'] = null
+  end
+  state['timestamp'] = outcome['completedAt']
+  state['completedAt'] = outcome['completedAt']
+  state['version'] = version
+  return cjson.encode(state)
+end
+
+local function publish_final(state, outcome, version)
+  local enc = merge(state, outcome, version)
+  redis.call('HSET', KEYS[1], 'state', enc, 'status', outcome['status'], 'version', version)
+  redis.call('PUBLISH', KEYS[2], enc)
+  return enc
+end
+
+local function early_fields()
+  local out = {}
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 6) == 'early:' then
+      out[#out + 1] = f
+    end
+  end
+  return out
+end
+
+local cur = redis.call('HMGET', KEYS[1], 'status', 'state', 'cbt', 'phd', 'version')
+local status, state_json, cbt, phd, version = cur[1], cur[2], cur[3], cur[4], tonumber(cur[5])
 
 if ARGV[1] == 'pending' then
+  local nonce = ARGV[2]
   if status then
-    return {'EXISTS', state}
+    if cbt == nonce then
+      return {'EXISTS', state_json}
+    end
+    return {'COLLISION'}
   end
-  if early and cbt == ARGV[2] then
-    local enc, final_status = merge(ARGV[3], early)
-    redis.call('HSET', KEYS[1], 'state', enc, 'status', final_status, 'version', 2, 'cbt', ARGV[2])
-    redis.call('HDEL', KEYS[1], 'early')
-    redis.call('EXPIRE', KEYS[1], ARGV[4])
-    redis.call('PUBLISH', KEYS[2], enc)
-    return {'FINAL', enc}
+  local early = redis.call('HGET', KEYS[1], 'early:' .. nonce)
+  local stale = early_fields()
+  if #stale > 0 then
+    redis.call('HDEL', KEYS[1], unpack(stale))
   end
-  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'status', 'PENDING', 'version', 1, 'cbt', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'early')
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'status', 'PENDING', 'version', 1,
+    'cbt', nonce, 'phd', ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {'PENDING', ARGV[3]}
+  if not early then
+    return {'PENDING', ARGV[3]}
+  end
+  local e = cjson.decode(early)
+  local state = cjson.decode(ARGV[3])
+  local bad = mismatch(state, ARGV[5], e['o'], e['b'])
+  if bad ~= '' then
+    redis.call('HSET', KEYS[1], 'amountMismatch', bad)
+    return {'PENDING_MISMATCH', ARGV[3], bad}
+  end
+  return {'FINAL', publish_final(state, e['o'], 2)}
 end
 
 if ARGV[1] == 'final' then
-  if ARGV[2] ~= '' and cbt and cbt ~= ARGV[2] then
-    return {'FORBIDDEN'}
-  end
-  if not status then
-    if ARGV[2] == '' then
+  local nonce = ARGV[2]
+  local outcome = cjson.decode(ARGV[3])
+  if nonce == '' then
+    if not status then
       return {'NOT_FOUND'}
     end
-    if early then
+    if status ~= 'PENDING' then
+      return {'DUPLICATE', state_json}
+    end
+    return {'APPLIED', publish_final(cjson.decode(state_json), outcome, 2)}
+  end
+  local binding = cjson.decode(ARGV[6])
+  if not status then
+    local field = 'early:' .. nonce
+    if redis.call('HEXISTS', KEYS[1], field) == 1 then
       return {'DUPLICATE', ''}
     end
-    redis.call('HSET', KEYS[1], 'early', ARGV[3], 'cbt', ARGV[2])
-    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    if #early_fields() >= tonumber(ARGV[7]) then
+      return {'EARLY_FULL'}
+    end
+    redis.call('HSET', KEYS[1], field, cjson.encode({o = outcome, b = binding}))
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
     return {'EARLY'}
   end
-  if status ~= 'PENDING' then
-    return {'DUPLICATE', state}
+  if cbt ~= nonce then
+    return {'FORBIDDEN'}
   end
-  local pushed = cjson.decode(state)['amount']
-  if type(pushed) ~= 'number' then
-    pushed = ''
-  else
-    pushed = tostring(pushed)
+  local state = cjson.decode(state_json)
+  local correcting = status == 'FAILED' and state['reason'] == 'UNCONFIRMED' and version == 2
+  if status ~= 'PENDING' and not correcting then
+    return {'DUPLICATE', state_json}
   end
-  local enc, final_status = merge(state, ARGV[3])
-  redis.call('HSET', KEYS[1], 'state', enc, 'status', final_status, 'version', 2)
-  redis.call('PUBLISH', KEYS[2], enc)
-  return {'APPLIED', enc, pushed}
+  local bad = mismatch(state, phd, outcome, binding)
+  if bad ~= '' then
+    redis.call('HSET', KEYS[1], 'amountMismatch', bad)
+    return {'MISMATCH', bad}
+  end
+  if correcting then
+    return {'CORRECTED', publish_final(state, outcome, 3)}
+  end
+  return {'APPLIED', publish_final(state, outcome, 2)}
 end
 
 return redis.error_reply('payment.lua: unknown mode')

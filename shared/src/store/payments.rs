@@ -23,6 +23,10 @@ pub enum RecordOutcome {
     /// A callback had already arrived for it: the payment went straight to its final
     /// state, which was published. Carries the final STATE JSON.
     AppliedEarly(String),
+    /// A callback had already arrived for it but does not match the push (`fields`
+    /// names what differs). Stored as PENDING, flagged; the caller hands it to
+    /// reconciliation at once.
+    PendingMismatch { state: String, fields: String },
     /// A record with this payment's own callback nonce already existed (a retry of the
     /// same write); untouched.
     AlreadyExists(String),
@@ -50,9 +54,25 @@ pub enum ApplyOutcome {
     Early,
     /// The callback token does not belong to this payment: nothing changed.
     Forbidden,
+    /// No pending record yet, and this payment already holds the most early records
+    /// (one per callback token) it may keep: nothing stored.
+    EarlyFull,
     /// A trusted outcome for a payment we do not know.
     NotFound,
 }
+
+/// What a callback says it is for, checked against the push it claims to complete.
+/// Empty fields are not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallbackBinding {
+    /// The callback's MerchantRequestID.
+    pub mrid: String,
+    /// `CallbackTokens::phone_digest_with` of the callback's unmasked PhoneNumber.
+    pub phd: String,
+}
+
+/// Most early records (one per callback token nonce) kept for one CheckoutRequestID.
+pub const MAX_EARLY_RECORDS: u32 = 4;
 
 #[derive(Clone)]
 pub struct PaymentStore {
@@ -60,7 +80,12 @@ pub struct PaymentStore {
     keys: Keyspace,
     script: Script,
     ttl: Duration,
+    early_ttl: Duration,
 }
+
+/// How long an early record (a callback that beat its pending write) is kept unless the
+/// caller says otherwise ([`PaymentStore::with_early_ttl`]).
+pub const DEFAULT_EARLY_TTL: Duration = Duration::from_secs(300);
 
 impl PaymentStore {
     /// `ttl` bounds how long a payment (pending or final) is kept.
@@ -70,7 +95,14 @@ impl PaymentStore {
             keys,
             script: Script::new(PAYMENT_LUA),
             ttl,
+            early_ttl: DEFAULT_EARLY_TTL,
         }
+    }
+
+    /// How long a record made only of early callbacks lives.
+    pub fn with_early_ttl(mut self, early_ttl: Duration) -> Self {
+        self.early_ttl = early_ttl;
+        self
     }
 
     pub fn keyspace(&self) -> &Keyspace {
@@ -95,45 +127,77 @@ impl PaymentStore {
         Ok(reply)
     }
 
-    /// Records a payment Daraja has just accepted, bound to its callback token nonce.
+    /// Records a payment Daraja has just accepted, bound to its callback token nonce and
+    /// to the keyed digest of the pushed phone (`CallbackTokens::phone_digest`).
     pub async fn record_pending(
         &self,
         state: &PaymentState,
         callback_nonce: &str,
+        phone_digest: &str,
     ) -> Result<RecordOutcome, StoreError> {
         let json = serde_json::to_string(state).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let ttl = self.ttl.as_secs().max(1).to_string();
         let reply = self
             .run(
                 &state.checkout_request_id,
-                &["pending", callback_nonce, &json, &ttl],
+                &["pending", callback_nonce, &json, &ttl, phone_digest],
             )
             .await?;
         let mut it = reply.into_iter();
         match (it.next().as_deref(), it.next()) {
             (Some("PENDING"), Some(s)) => Ok(RecordOutcome::Pending(s)),
             (Some("FINAL"), Some(s)) => Ok(RecordOutcome::AppliedEarly(s)),
+            (Some("PENDING_MISMATCH"), Some(s)) => Ok(RecordOutcome::PendingMismatch {
+                state: s,
+                fields: it.next().unwrap_or_default(),
+            }),
             (Some("EXISTS"), Some(s)) => Ok(RecordOutcome::AlreadyExists(s)),
+            (Some("COLLISION"), _) => Ok(RecordOutcome::Collision),
             (tag, _) => Err(StoreError::Protocol(format!(
                 "payment.lua pending: {tag:?}"
             ))),
         }
     }
 
-    /// Applies a final outcome. `callback_nonce` is the nonce of the callback token that
-    /// delivered it; `None` marks a trusted source (STK Push Query), which skips the
-    /// token check and never creates an early record.
-    pub async fn apply_final(
+    /// Applies a callback's outcome. `callback_nonce` is the nonce of the callback token
+    /// that delivered it; `binding` is what the callback says it is for.
+    pub async fn apply_callback(
         &self,
         id: &CheckoutRequestId,
-        callback_nonce: Option<&str>,
+        callback_nonce: &str,
         outcome: &PaymentOutcome,
+        binding: &CallbackBinding,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.apply(id, callback_nonce, outcome, binding).await
+    }
+
+    async fn apply(
+        &self,
+        id: &CheckoutRequestId,
+        callback_nonce: &str,
+        outcome: &PaymentOutcome,
+        binding: &CallbackBinding,
     ) -> Result<ApplyOutcome, StoreError> {
         let json =
             serde_json::to_string(outcome).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let binding =
+            serde_json::to_string(binding).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let ttl = self.ttl.as_secs().max(1).to_string();
+        let early_ttl = self.early_ttl.as_secs().max(1).to_string();
+        let max_early = MAX_EARLY_RECORDS.to_string();
         let reply = self
-            .run(id, &["final", callback_nonce.unwrap_or(""), &json, &ttl])
+            .run(
+                id,
+                &[
+                    "final",
+                    callback_nonce,
+                    &json,
+                    &ttl,
+                    &early_ttl,
+                    &binding,
+                    &max_early,
+                ],
+            )
             .await?;
         let mut it = reply.into_iter();
         match (it.next().as_deref(), it.next()) {
@@ -142,6 +206,7 @@ impl PaymentStore {
             (Some("MISMATCH"), Some(f)) => Ok(ApplyOutcome::Mismatch { fields: f }),
             (Some("DUPLICATE"), _) => Ok(ApplyOutcome::Duplicate),
             (Some("EARLY"), _) => Ok(ApplyOutcome::Early),
+            (Some("EARLY_FULL"), _) => Ok(ApplyOutcome::EarlyFull),
             (Some("FORBIDDEN"), _) => Ok(ApplyOutcome::Forbidden),
             (Some("NOT_FOUND"), _) => Ok(ApplyOutcome::NotFound),
             (tag, _) => Err(StoreError::Protocol(format!("payment.lua final: {tag:?}"))),
@@ -156,7 +221,8 @@ impl PaymentStore {
         id: &CheckoutRequestId,
         outcome: &PaymentOutcome,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.apply_final(id, None, outcome).await
+        self.apply(id, "", outcome, &CallbackBinding::default())
+            .await
     }
 
     /// The current STATE JSON, or `None` if no payment (or only an early callback) is known.
