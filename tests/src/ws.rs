@@ -52,6 +52,7 @@ impl std::error::Error for WsConnectError {}
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     finished: bool,
+    last_text: Option<String>,
 }
 
 impl WsClient {
@@ -65,6 +66,7 @@ impl WsClient {
             Ok(Ok((stream, _resp))) => Ok(Self {
                 stream,
                 finished: false,
+                last_text: None,
             }),
             Ok(Err(tungstenite::Error::Http(resp))) => Err(WsConnectError::Http {
                 status: resp.status().as_u16(),
@@ -76,6 +78,11 @@ impl WsClient {
             }),
             Ok(Err(e)) => Err(WsConnectError::Other(e.to_string())),
         }
+    }
+
+    /// The text of the last server message, exactly as it arrived.
+    pub fn last_raw(&self) -> Option<&str> {
+        self.last_text.as_deref()
     }
 
     /// The next event, waiting at most `within`.
@@ -105,6 +112,7 @@ impl WsClient {
                 Message::Text(text) => {
                     let parsed: ServerMessageOwned = serde_json::from_str(&text)
                         .with_context(|| format!("unparseable server message: {text}"))?;
+                    self.last_text = Some(text.to_string());
                     return Ok(WsEvent::Message(parsed));
                 }
                 Message::Ping(_) => return Ok(WsEvent::Ping),

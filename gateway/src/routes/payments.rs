@@ -87,7 +87,7 @@ pub async fn get_payment(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("Cache-Control", "no-store"))
-        .body(json))
+        .body(stk_relay_shared::text::escape_json_for_html(&json).into_owned()))
 }
 
 #[tracing::instrument(name = "ws", skip_all, fields(checkout_request_id = tracing::field::Empty))]
