@@ -84,7 +84,11 @@ async fn logs_hold_no_secrets_tokens_or_phone_numbers() -> Result<()> {
     let mut checked = 0;
     for node in c.gateways.iter().chain(c.ingests.iter()) {
         for path in [node.stderr_log(), node.stdout_log()] {
-            let text = std::fs::read_to_string(path)?;
+            // Daraja's CheckoutRequestIDs embed the buyer's number without its leading
+            // zero (`ws_CO_<date><time><ms><phone digits>…`, so the simulator's do too).
+            // The id is the payment's name in every log line; take it out before
+            // searching, or a millisecond ending in 0 reads as the local form.
+            let text = std::fs::read_to_string(path)?.replace(id, "<checkout_request_id>");
             checked += text.len();
             for (what, value) in &forbidden {
                 ensure!(!text.contains(value), "{what} found in {}", path.display());
