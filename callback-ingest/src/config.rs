@@ -75,7 +75,10 @@ impl Settings for IngestSettings {
             ));
         }
         if !self.dev.allow_insecure {
-            shared_config::check_not_example("tokens.callback_secret", &self.tokens.callback_secret)?;
+            shared_config::check_not_example(
+                "tokens.callback_secret",
+                &self.tokens.callback_secret,
+            )?;
             shared_config::check_not_example("redis.url", &self.redis.url)?;
         }
         shared_config::check_previous_secret(

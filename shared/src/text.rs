@@ -34,19 +34,15 @@ pub fn is_forbidden(c: char) -> bool {
 /// Removes forbidden characters and cuts to [`MAX_EXTERNAL_CHARS`] characters.
 /// Surrounding whitespace is trimmed. Borrows when nothing changes.
 pub fn clean_external(s: &str) -> Cow<'_, str> {
-    let trimmed = s.trim();
-    let needs_work = trimmed.len() != s.len()
-        || trimmed.chars().any(is_forbidden)
-        || trimmed.chars().nth(MAX_EXTERNAL_CHARS).is_some();
+    let needs_work = s.trim().len() != s.len()
+        || s.chars().any(is_forbidden)
+        || s.chars().nth(MAX_EXTERNAL_CHARS).is_some();
     if !needs_work {
         return Cow::Borrowed(s);
     }
-    let cleaned: String = trimmed
-        .chars()
-        .filter(|c| !is_forbidden(*c))
-        .take(MAX_EXTERNAL_CHARS)
-        .collect();
-    Cow::Owned(cleaned.trim_end().to_owned())
+    let kept: String = s.chars().filter(|c| !is_forbidden(*c)).collect();
+    let cut: String = kept.trim().chars().take(MAX_EXTERNAL_CHARS).collect();
+    Cow::Owned(cut.trim_end().to_owned())
 }
 
 /// Rewrites `<`, `>` and `&` in a JSON text as `\u003c`, `\u003e` and `\u0026`. These
@@ -102,6 +98,9 @@ mod tests {
         assert!(!esc.contains('<') && !esc.contains('>') && !esc.contains('&'));
         let back: serde_json::Value = serde_json::from_str(&esc).unwrap();
         assert_eq!(back, v);
-        assert!(matches!(escape_json_for_html("{\"a\":1}"), Cow::Borrowed(_)));
+        assert!(matches!(
+            escape_json_for_html("{\"a\":1}"),
+            Cow::Borrowed(_)
+        ));
     }
 }

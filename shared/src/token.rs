@@ -431,7 +431,10 @@ mod tests {
         let exp = Utc::now() + chrono::Duration::minutes(5);
         let s_old = SubscribeTokens::new(key("s-old"));
         let s_rot = SubscribeTokens::new(Keyring::new(key("s-new"), Some(key("s-old"))));
-        assert_eq!(s_rot.verify(&id, &s_old.issue(&id, exp), Utc::now()), Ok(()));
+        assert_eq!(
+            s_rot.verify(&id, &s_old.issue(&id, exp), Utc::now()),
+            Ok(())
+        );
         assert_eq!(
             SubscribeTokens::new(key("s-new")).verify(&id, &s_old.issue(&id, exp), Utc::now()),
             Err(TokenError::BadSignature)

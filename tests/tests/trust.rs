@@ -53,7 +53,11 @@ async fn a_callback_completes_only_what_it_was_issued_for() -> Result<()> {
     for (what, body, flag) in [
         ("a 1-shilling success", &one_shilling, "amount"),
         ("another phone", &other_phone, "phone"),
-        ("another MerchantRequestID", &other_merchant_id, "merchantRequestId"),
+        (
+            "another MerchantRequestID",
+            &other_merchant_id,
+            "merchantRequestId",
+        ),
     ] {
         // Daraja gets its acknowledgement…
         c.deliver_callback(0, &path, body)
@@ -70,7 +74,13 @@ async fn a_callback_completes_only_what_it_was_issued_for() -> Result<()> {
         .context("a mismatching callback reached the browser")?;
 
     // The genuine callback completes it, once.
-    let genuine = daraja::success(&p.merchant_request_id, id, 5000, &daraja::receipt(24), &phone);
+    let genuine = daraja::success(
+        &p.merchant_request_id,
+        id,
+        5000,
+        &daraja::receipt(24),
+        &phone,
+    );
     c.deliver_callback(1, &path, &genuine).await?;
     let done = ws.expect(MessageType::PaymentCompleted).await?;
     expect::success(&done.data, id, 5000, &daraja::receipt(24))?;
@@ -84,7 +94,13 @@ async fn a_cancel_with_forged_metadata_carries_no_receipt() -> Result<()> {
     let p = c.push(0, &phone, 700).await?;
     let id = p.checkout_request_id.as_str();
     let path = c.callback_path_for(id).await?;
-    let mut body = daraja::success(&p.merchant_request_id, id, 700, &daraja::receipt(31), &phone);
+    let mut body = daraja::success(
+        &p.merchant_request_id,
+        id,
+        700,
+        &daraja::receipt(31),
+        &phone,
+    );
     body["Body"]["stkCallback"]["ResultCode"] = json!(1032);
     body["Body"]["stkCallback"]["ResultDesc"] = json!("Request cancelled by user");
     let mut ws = c.ws_connect(0, id, &p.token).await?;
@@ -92,9 +108,15 @@ async fn a_cancel_with_forged_metadata_carries_no_receipt() -> Result<()> {
     c.deliver_callback(0, &path, &body).await?;
     let done = ws.expect(MessageType::PaymentCompleted).await?.data;
     expect::failed(&done, id, 1032, FailureReason::CancelledByUser)?;
-    ensure!(done.mpesa_receipt_number.is_none(), "receipt kept: {done:?}");
+    ensure!(
+        done.mpesa_receipt_number.is_none(),
+        "receipt kept: {done:?}"
+    );
     ensure!(done.transaction_date.is_none(), "date kept: {done:?}");
-    ensure!(done.amount == Some(700), "amount is not the pushed one: {done:?}");
+    ensure!(
+        done.amount == Some(700),
+        "amount is not the pushed one: {done:?}"
+    );
     Ok(())
 }
 
@@ -128,7 +150,10 @@ async fn expired_callback_tokens_are_refused() -> Result<()> {
     let resp = c.post_callback(0, &old, &body).await?;
     ensure!(resp.status() == 403, "old token: {}", resp.status());
     let s = c.payment_state(0, id, &p.token).await?;
-    ensure!(s.status == PaymentStatus::Pending, "an old token changed {s:?}");
+    ensure!(
+        s.status == PaymentStatus::Pending,
+        "an old token changed {s:?}"
+    );
     // Within the age limit, the same nonce works.
     let fresh = format!(
         "{CALLBACK_PREFIX}{}",
@@ -163,7 +188,13 @@ async fn an_early_record_is_written_once_per_token_and_expires() -> Result<()> {
         .await?
         .context("no early record")?;
     // A second callback with the same token does not overwrite it.
-    let second = daraja::success("1-1-1", &id, 10, &daraja::receipt(51), &sim::phone(51, "000"));
+    let second = daraja::success(
+        "1-1-1",
+        &id,
+        10,
+        &daraja::receipt(51),
+        &sim::phone(51, "000"),
+    );
     c.deliver_callback(0, &path, &second).await?;
     ensure!(
         field(&c, &id, &early_field).await?.as_deref() == Some(stored.as_str()),
@@ -213,13 +244,23 @@ async fn text_from_daraja_is_cleaned_and_escaped_for_browsers() -> Result<()> {
         ensure!(!raw.contains(bad), "{bad:?} reached the browser raw: {raw}");
     }
     let kept = done.result_desc.clone().unwrap_or_default();
-    ensure!(kept.starts_with("<script>alert(1)</script>gnp.exe & x"), "{kept}");
-    ensure!(kept.chars().count() == 256, "{} characters", kept.chars().count());
+    ensure!(
+        kept.starts_with("<script>alert(1)</script>gnp.exe & x"),
+        "{kept}"
+    );
+    ensure!(
+        kept.chars().count() == 256,
+        "{} characters",
+        kept.chars().count()
+    );
     // The same over GET.
     let resp = c
         .get_payment(0, id, stk_relay_e2e::cluster::Auth::Bearer(&c.api_key))
         .await?;
     let text = resp.text().await?;
-    ensure!(!text.contains('<') && !text.contains('\u{202E}'), "GET: {text}");
+    ensure!(
+        !text.contains('<') && !text.contains('\u{202E}'),
+        "GET: {text}"
+    );
     Ok(())
 }

@@ -44,7 +44,12 @@ pub async fn apply_with_retry(
     let outcome = callback.to_outcome(received_at);
     let binding = binding_of(tokens, callback, token);
     retry_while_unavailable(budget, "callback", || {
-        store.apply_callback(&callback.checkout_request_id, token.nonce, &outcome, &binding)
+        store.apply_callback(
+            &callback.checkout_request_id,
+            token.nonce,
+            &outcome,
+            &binding,
+        )
     })
     .await
 }
