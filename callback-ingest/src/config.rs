@@ -20,7 +20,6 @@ pub struct IngestSettings {
     pub telemetry: TelemetrySettings,
     pub tokens: TokenSettings,
     pub callbacks: CallbackSettings,
-    pub payments: PaymentSettings,
     pub dev: DevSettings,
 }
 
@@ -46,11 +45,6 @@ pub struct CallbackSettings {
     pub redis_retry_budget_ms: u64,
     /// How long a callback that beat its pending write is kept for it.
     pub early_ttl_secs: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct PaymentSettings {
-    pub ttl_secs: u64,
 }
 
 impl Settings for IngestSettings {
@@ -94,11 +88,6 @@ impl Settings for IngestSettings {
         if !(10..=86_400).contains(&self.callbacks.early_ttl_secs) {
             return Err(ConfigError::Invalid(
                 "callbacks.early_ttl_secs must be between 10 and 86400".into(),
-            ));
-        }
-        if self.payments.ttl_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "payments.ttl_secs must be positive".into(),
             ));
         }
         Ok(())

@@ -49,7 +49,9 @@ impl Application {
         let store = PaymentStore::new(
             pool,
             Keyspace::new(settings.redis.key_prefix.clone()),
-            Duration::from_secs(settings.payments.ttl_secs),
+            // Only the gateway's pending write sets a payment's lifetime; the ingest
+            // writes final states into records that already have one.
+            Duration::from_secs(86_400),
         )
         .with_early_ttl(Duration::from_secs(settings.callbacks.early_ttl_secs));
         let state = web::Data::new(AppState {

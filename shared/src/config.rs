@@ -131,18 +131,56 @@ pub fn closest_key<'a>(unknown: &str, known: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn check_unknown_keys(
-    defaults: &str,
-    cfg: &config::Config,
-    env_prefix: &str,
-    optional_keys: &[&str],
-) -> Result<(), ConfigError> {
+/// Every key a service knows: the dotted path of each value in its `defaults`, and the
+/// `optional_keys` that the defaults leave unset.
+pub fn known_keys(defaults: &str, optional_keys: &[&str]) -> Result<Vec<String>, ConfigError> {
     let known_cfg = config::Config::builder()
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml))
         .build()?;
     let mut known = Vec::new();
     leaf_paths(&tree_of(&known_cfg)?, "", &mut known);
     known.extend(optional_keys.iter().map(|k| (*k).to_owned()));
+    Ok(known)
+}
+
+/// The environment variables (`<PREFIX>__SECTION__KEY`) named in a text (a manifest, a
+/// compose file, a script) that are not keys of the service: the deploy files' check.
+pub fn unknown_env_keys_in(
+    text: &str,
+    env_prefix: &str,
+    defaults: &str,
+    optional_keys: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let known = known_keys(defaults, optional_keys)?;
+    let marker = format!("{env_prefix}__");
+    let mut unknown = Vec::new();
+    for (i, _) in text.match_indices(&marker) {
+        if i > 0 && text.as_bytes()[i - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let path = name[marker.len()..].replace("__", ".").to_ascii_lowercase();
+        // Empty, or the documentation's own placeholder (`…__SECTION__KEY`).
+        if path.is_empty() || path.ends_with('.') || path == "section.key" {
+            continue;
+        }
+        if !known.contains(&path) && !unknown.contains(&name) {
+            unknown.push(name);
+        }
+    }
+    Ok(unknown)
+}
+
+fn check_unknown_keys(
+    defaults: &str,
+    cfg: &config::Config,
+    env_prefix: &str,
+    optional_keys: &[&str],
+) -> Result<(), ConfigError> {
+    let known = known_keys(defaults, optional_keys)?;
     let mut given = Vec::new();
     leaf_paths(&tree_of(cfg)?, "", &mut given);
     let mut unknown: Vec<&String> = given.iter().filter(|k| !known.contains(k)).collect();
