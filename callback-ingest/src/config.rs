@@ -45,6 +45,8 @@ pub struct CallbackSettings {
     pub redis_retry_budget_ms: u64,
     /// How long a callback that beat its pending write is kept for it.
     pub early_ttl_secs: u64,
+    /// Confirm every success callback with STK Push Query before SUCCESS is published.
+    pub confirm_with_query: bool,
 }
 
 impl Settings for IngestSettings {

@@ -32,7 +32,8 @@ pub fn binding_of(
 }
 
 /// Applies `callback`, delivered under `token` and received at `received_at`, retrying
-/// `Unavailable`/`Timeout` errors with backoff until `budget` is spent.
+/// `Unavailable`/`Timeout` errors with backoff until `budget` is spent. With
+/// `confirm_with_query`, a success is kept until STK Push Query confirms it.
 pub async fn apply_with_retry(
     store: &PaymentStore,
     tokens: &CallbackTokens,
@@ -40,6 +41,7 @@ pub async fn apply_with_retry(
     token: &VerifiedCallbackToken<'_>,
     received_at: DateTime<Utc>,
     budget: Duration,
+    confirm_with_query: bool,
 ) -> Result<ApplyOutcome, StoreError> {
     let outcome = callback.to_outcome(received_at);
     let binding = binding_of(tokens, callback, token);

@@ -47,6 +47,7 @@ pub async fn stk_callback(
         &verified,
         received_at,
         state.settings.retry_budget(),
+        state.settings.callbacks.confirm_with_query,
     )
     .await
     .map_err(|e| IngestError::Unavailable(e.to_string()))?;
@@ -58,6 +59,9 @@ pub async fn stk_callback(
         ApplyOutcome::Mismatch { fields } => tracing::warn!(
             mismatch = %fields,
             "callback does not match its push; not applied, handed to reconciliation"
+        ),
+        ApplyOutcome::AwaitingConfirmation => tracing::info!(
+            "success callback kept until STK Push Query confirms it; handed to reconciliation"
         ),
         ApplyOutcome::Duplicate => {
             tracing::info!("duplicate callback acknowledged; nothing published")

@@ -241,6 +241,10 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
             tracing::warn!(mismatch = %fields, "an early callback did not match this push; payment pending, handed to reconciliation");
             "PENDING".to_owned()
         }
+        RecordOutcome::PendingConfirmation(_) => {
+            tracing::info!("an early success callback awaits confirmation by STK Push Query");
+            "PENDING".to_owned()
+        }
         RecordOutcome::Collision => {
             tracing::error!(
                 "CheckoutRequestID collision: a record bound to another push exists; left as is"

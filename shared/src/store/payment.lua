@@ -13,16 +13,23 @@
 --                 ARGV[5] phone digest
 --   -> {"PENDING", state} | {"FINAL", state} (the early callback of this nonce applied)
 --      | {"PENDING_MISMATCH", state, fields} (its early callback did not match the push)
+--      | {"PENDING_CONFIRM", state} (its early callback is a success awaiting confirmation)
 --      | {"EXISTS", state} (already written with this nonce) | {"COLLISION"} (a record
 --      bound to another nonce: two pushes got the same CheckoutRequestID)
 -- mode "final":   ARGV[2] nonce ("" = trusted source such as STK Push Query: no token
 --                 check, never an early record), ARGV[3] outcome JSON, ARGV[4] ttl
 --                 seconds, ARGV[5] early ttl seconds, ARGV[6] binding JSON
 --                 {"phd":…,"mrid":…} (what the callback says it is for; "" fields are
---                 not checked), ARGV[7] most early records kept per payment
+--                 not checked), ARGV[7] most early records kept per payment, ARGV[8]
+--                 "1" when a success must be confirmed by STK Push Query first
 --   -> {"APPLIED", state} | {"CORRECTED", state} (version 3 after UNCONFIRMED)
---      | {"MISMATCH", fields} | {"DUPLICATE", state or ""} | {"EARLY"} | {"EARLY_FULL"}
---      | {"FORBIDDEN"} | {"NOT_FOUND"}
+--      | {"MISMATCH", fields} | {"AWAITING_CONFIRMATION"} | {"DUPLICATE", state or ""}
+--      | {"EARLY"} | {"EARLY_FULL"} | {"FORBIDDEN"} | {"NOT_FOUND"}
+--
+-- Confirmation (`callbacks.confirm_with_query`): a success callback that passes the
+-- checks is kept in the `confirm` field instead of being applied, and the caller hands
+-- the payment to reconciliation. A trusted SUCCESS (STK Push Query) then applies the kept
+-- callback outcome, receipt included; a trusted failure applies the failure.
 --
 -- A callback completes only what it was issued for: its MerchantRequestID must be the
 -- push's, and a success must carry the pushed amount and, when it carries one, the
@@ -128,6 +135,10 @@ if ARGV[1] == 'pending' then
     redis.call('HSET', KEYS[1], 'amountMismatch', bad)
     return {'PENDING_MISMATCH', ARGV[3], bad}
   end
+  if e['c'] == '1' and e['o']['status'] == 'SUCCESS' then
+    redis.call('HSET', KEYS[1], 'confirm', cjson.encode(e['o']))
+    return {'PENDING_CONFIRM', ARGV[3]}
+  end
   return {'FINAL', publish_final(state, e['o'], 2)}
 end
 
@@ -141,6 +152,12 @@ if ARGV[1] == 'final' then
     if status ~= 'PENDING' then
       return {'DUPLICATE', state_json}
     end
+    if outcome['status'] == 'SUCCESS' then
+      local kept = redis.call('HGET', KEYS[1], 'confirm')
+      if kept then
+        outcome = cjson.decode(kept)
+      end
+    end
     return {'APPLIED', publish_final(cjson.decode(state_json), outcome, 2)}
   end
   local binding = cjson.decode(ARGV[6])
@@ -152,7 +169,7 @@ if ARGV[1] == 'final' then
     if #early_fields() >= tonumber(ARGV[7]) then
       return {'EARLY_FULL'}
     end
-    redis.call('HSET', KEYS[1], field, cjson.encode({o = outcome, b = binding}))
+    redis.call('HSET', KEYS[1], field, cjson.encode({o = outcome, b = binding, c = ARGV[8]}))
     redis.call('EXPIRE', KEYS[1], ARGV[5])
     return {'EARLY'}
   end
@@ -171,6 +188,10 @@ if ARGV[1] == 'final' then
   end
   if correcting then
     return {'CORRECTED', publish_final(state, outcome, 3)}
+  end
+  if ARGV[8] == '1' and outcome['status'] == 'SUCCESS' then
+    redis.call('HSET', KEYS[1], 'confirm', ARGV[3])
+    return {'AWAITING_CONFIRMATION'}
   end
   return {'APPLIED', publish_final(state, outcome, 2)}
 end

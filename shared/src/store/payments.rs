@@ -27,6 +27,10 @@ pub enum RecordOutcome {
     /// names what differs). Stored as PENDING, flagged; the caller hands it to
     /// reconciliation at once.
     PendingMismatch { state: String, fields: String },
+    /// A success callback had already arrived for it and awaits confirmation by STK Push
+    /// Query (`callbacks.confirm_with_query`). Stored as PENDING; the caller hands it to
+    /// reconciliation at once.
+    PendingConfirmation(String),
     /// A record with this payment's own callback nonce already existed (a retry of the
     /// same write); untouched.
     AlreadyExists(String),
@@ -47,6 +51,9 @@ pub enum ApplyOutcome {
     /// differs: `amount`, `phone`, `merchantRequestId`). Nothing was applied: the payment
     /// stays PENDING, is flagged `amountMismatch` and is handed to reconciliation.
     Mismatch { fields: String },
+    /// A success that passed the checks, kept until STK Push Query confirms it
+    /// (`callbacks.confirm_with_query`). The caller hands the payment to reconciliation.
+    AwaitingConfirmation,
     /// Already final (a duplicate callback, or a Query answer after the fact): nothing
     /// written, nothing published.
     Duplicate,
@@ -151,6 +158,7 @@ impl PaymentStore {
                 state: s,
                 fields: it.next().unwrap_or_default(),
             }),
+            (Some("PENDING_CONFIRM"), Some(s)) => Ok(RecordOutcome::PendingConfirmation(s)),
             (Some("EXISTS"), Some(s)) => Ok(RecordOutcome::AlreadyExists(s)),
             (Some("COLLISION"), _) => Ok(RecordOutcome::Collision),
             (tag, _) => Err(StoreError::Protocol(format!(
@@ -160,15 +168,18 @@ impl PaymentStore {
     }
 
     /// Applies a callback's outcome. `callback_nonce` is the nonce of the callback token
-    /// that delivered it; `binding` is what the callback says it is for.
+    /// that delivered it; `binding` is what the callback says it is for; with
+    /// `confirm_with_query` a success is kept until STK Push Query confirms it.
     pub async fn apply_callback(
         &self,
         id: &CheckoutRequestId,
         callback_nonce: &str,
         outcome: &PaymentOutcome,
         binding: &CallbackBinding,
+        confirm_with_query: bool,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.apply(id, callback_nonce, outcome, binding).await
+        self.apply(id, callback_nonce, outcome, binding, confirm_with_query)
+            .await
     }
 
     async fn apply(
@@ -177,6 +188,7 @@ impl PaymentStore {
         callback_nonce: &str,
         outcome: &PaymentOutcome,
         binding: &CallbackBinding,
+        confirm: bool,
     ) -> Result<ApplyOutcome, StoreError> {
         let json =
             serde_json::to_string(outcome).map_err(|e| StoreError::Protocol(e.to_string()))?;
@@ -196,6 +208,7 @@ impl PaymentStore {
                     &early_ttl,
                     &binding,
                     &max_early,
+                    if confirm { "1" } else { "0" },
                 ],
             )
             .await?;
@@ -204,6 +217,7 @@ impl PaymentStore {
             (Some("APPLIED"), Some(s)) => Ok(ApplyOutcome::Applied { state: s }),
             (Some("CORRECTED"), Some(s)) => Ok(ApplyOutcome::Corrected { state: s }),
             (Some("MISMATCH"), Some(f)) => Ok(ApplyOutcome::Mismatch { fields: f }),
+            (Some("AWAITING_CONFIRMATION"), _) => Ok(ApplyOutcome::AwaitingConfirmation),
             (Some("DUPLICATE"), _) => Ok(ApplyOutcome::Duplicate),
             (Some("EARLY"), _) => Ok(ApplyOutcome::Early),
             (Some("EARLY_FULL"), _) => Ok(ApplyOutcome::EarlyFull),
@@ -221,7 +235,7 @@ impl PaymentStore {
         id: &CheckoutRequestId,
         outcome: &PaymentOutcome,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.apply(id, "", outcome, &CallbackBinding::default())
+        self.apply(id, "", outcome, &CallbackBinding::default(), false)
             .await
     }
 
