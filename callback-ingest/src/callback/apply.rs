@@ -51,6 +51,7 @@ pub async fn apply_with_retry(
             token.nonce,
             &outcome,
             &binding,
+            confirm_with_query,
         )
     })
     .await
