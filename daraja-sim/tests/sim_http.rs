@@ -464,12 +464,7 @@ async fn push_ok(
 
 /// Queries `id` until the answer is no longer "being processed" (each pending answer
 /// must be exactly Daraja's), for at most [`WAIT`].
-async fn query_until_final(
-    http: &reqwest::Client,
-    url: &str,
-    t: &str,
-    id: &str,
-) -> (u16, Value) {
+async fn query_until_final(http: &reqwest::Client, url: &str, t: &str, id: &str) -> (u16, Value) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let q = post(http, url.to_owned(), t, &query_body(id)).await;
@@ -512,7 +507,10 @@ async fn stuck_push_is_being_processed_forever() {
     assert_eq!(q.1["ResultCode"], json!("0"));
     let q = post(&http, query_url.clone(), &t, &query_body(&stuck)).await;
     assert_being_processed(&q, &stuck);
-    assert!(sim.callbacks_sent().is_empty(), "a stuck push sends no callback");
+    assert!(
+        sim.callbacks_sent().is_empty(),
+        "a stuck push sends no callback"
+    );
     // Deciding it sends a (late) callback, and the Query still says "being processed".
     let r = http
         .post(format!("{}/sim/complete", sim.base_url()))
