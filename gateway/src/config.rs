@@ -114,8 +114,10 @@ impl ReconcileSettings {
         if !(1..=1000).contains(&self.batch) {
             return invalid("batch must be between 1 and 1000");
         }
-        if self.claim_ttl_secs.saturating_mul(1000) <= daraja_timeout_ms {
-            return invalid("claim_ttl_secs must exceed daraja.request_timeout_ms");
+        // A query may take two exchanges (token, then query) and, after a rejected
+        // token, two more; 4/5 of the claim must cover at least the first two.
+        if self.claim_ttl_secs.saturating_mul(800) <= daraja_timeout_ms.saturating_mul(2) {
+            return invalid("claim_ttl_secs must exceed 2.5 × daraja.request_timeout_ms");
         }
         if self.retry_min_ms < 100 || self.retry_min_ms > self.retry_max_ms {
             return invalid("retry_min_ms must be at least 100 and at most retry_max_ms");
@@ -215,5 +217,70 @@ impl Settings for GatewaySettings {
         self.reconcile
             .validate(self.payments.ttl_secs, self.daraja.request_timeout_ms)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reconcile() -> ReconcileSettings {
+        ReconcileSettings {
+            after_secs: 60,
+            max_age_secs: 600,
+            max_queries_per_minute: 30,
+            poll_interval_ms: 1000,
+            batch: 10,
+            claim_ttl_secs: 60,
+            retry_min_ms: 10_000,
+            retry_max_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn reconcile_settings_are_validated() {
+        let ok = reconcile();
+        assert!(ok.validate(86_400, 15_000).is_ok());
+        let bad: [(&str, fn(&mut ReconcileSettings)); 8] = [
+            ("after >= max_age", |s| s.after_secs = 600),
+            ("after 0", |s| s.after_secs = 0),
+            ("budget 0", |s| s.max_queries_per_minute = 0),
+            ("poll 0", |s| s.poll_interval_ms = 0),
+            ("batch 0", |s| s.batch = 0),
+            ("claim too short", |s| s.claim_ttl_secs = 30),
+            ("retry min > max", |s| s.retry_min_ms = 70_000),
+            ("retry max > max_age", |s| s.retry_max_ms = 601_000),
+        ];
+        for (what, change) in bad {
+            let mut s = reconcile();
+            change(&mut s);
+            assert!(s.validate(86_400, 15_000).is_err(), "{what} accepted");
+        }
+        // max_age must be below the payment TTL.
+        assert!(ok.validate(600, 15_000).is_err());
+    }
+
+    #[test]
+    fn reconcile_defaults_load_and_can_be_overridden() {
+        let base = r#"
+[api]
+keys = ["a-merchant-api-key-0123456789"]
+[tokens]
+subscribe_secret = "subscribe-secret-0123456789abcdef0123"
+callback_secret = "callback-secret-0123456789abcdef01234"
+[callbacks]
+public_base_url = "https://cb.shop.test"
+[daraja]
+consumer_key = "k"
+consumer_secret = "s"
+passkey = "p"
+"#;
+        let s = GatewaySettings::load_with(None, Some(base)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.reconcile.after_secs, 60);
+        assert_eq!(s.reconcile.max_age_secs, 600);
+        assert_eq!(s.reconcile.max_queries_per_minute, 30);
+        let bad = format!("{base}\n[reconcile]\nafter_secs = 600\n");
+        let err = GatewaySettings::load_with(None, Some(&bad)).expect_err("after >= max_age");
+        assert!(err.to_string().contains("reconcile.after_secs"), "{err}");
     }
 }

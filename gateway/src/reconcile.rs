@@ -19,8 +19,10 @@
 //! The status is never written here: the store's Lua script is the only writer. Each
 //! decision is logged at info with `checkout_request_id` and its cause. Every wait is
 //! bounded: the claim and the store calls by `redis.command_timeout_ms`, each query by
-//! `daraja.request_timeout_ms`, and the task stops when the shutdown handle fires (a
-//! claim it held then expires after `claim_ttl_secs`, and another node takes over).
+//! `daraja.request_timeout_ms`, the handling of one claimed payment by 4/5 of
+//! `claim_ttl_secs` (the payments of one claim are handled side by side), and the task
+//! stops when the shutdown handle fires (a claim it held then expires after
+//! `claim_ttl_secs`, and another node takes over).
 
 use std::time::Duration;
 
@@ -220,15 +222,27 @@ impl Reconciler {
             .schedule
             .claim(Utc::now(), s.batch, s.claim_ttl(), s.max_queries_per_minute)
             .await?;
+        // The claimed payments are handled side by side, each bounded well inside its
+        // claim, so that no claim expires while its query may still be running.
+        let bound = s.claim_ttl() * 4 / 5;
+        let results = futures_util::future::join_all(
+            claimed
+                .iter()
+                .map(|id| tokio::time::timeout(bound, self.handle(id))),
+        )
+        .await;
         let mut unused = 0;
-        for id in &claimed {
-            match self.handle(id).await {
-                Ok(Handled::Queried) => {}
-                Ok(Handled::NoQuery) => unused += 1,
-                Err(e) => {
+        for (id, result) in claimed.iter().zip(results) {
+            match result {
+                Ok(Ok(Handled::Queried)) => {}
+                Ok(Ok(Handled::NoQuery)) => unused += 1,
+                Ok(Err(e)) => {
                     // The claim expires by itself; the payment is due again then.
-                    tracing::warn!(checkout_request_id = %id, error = %e, "reconciliation of the payment failed; retrying after the claim expires");
+                    tracing::warn!(checkout_request_id = %id, error = %e, "reconcile: redis failed mid-way; the payment is due again when its claim expires");
                     unused += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(checkout_request_id = %id, bound_ms = bound.as_millis() as u64, "reconcile: handling took too long; the payment is due again when its claim expires");
                 }
             }
         }
@@ -429,7 +443,7 @@ mod tests {
             max_queries_per_minute: 30,
             poll_interval_ms: 1000,
             batch: 10,
-            claim_ttl_secs: 30,
+            claim_ttl_secs: 60,
             retry_min_ms: 10_000,
             retry_max_ms: 60_000,
         }

@@ -31,7 +31,10 @@ const MAX_AGE_SECS: u64 = 6;
 fn fast(max_age_secs: u64, max_queries_per_minute: u32) -> Vec<(String, String)> {
     vec![
         kv("GATEWAY__RECONCILE__AFTER_SECS", "1"),
-        kv("GATEWAY__RECONCILE__MAX_AGE_SECS", &max_age_secs.to_string()),
+        kv(
+            "GATEWAY__RECONCILE__MAX_AGE_SECS",
+            &max_age_secs.to_string(),
+        ),
         kv(
             "GATEWAY__RECONCILE__MAX_QUERIES_PER_MINUTE",
             &max_queries_per_minute.to_string(),
@@ -60,9 +63,7 @@ async fn queries_for(c: &Cluster, id: &str) -> Result<Vec<u16>> {
         .await?
         .into_iter()
         .filter(|r| r.kind == RequestKind::StkQuery)
-        .filter(|r| {
-            r.body.as_ref().and_then(|b| b.get("CheckoutRequestID")) == Some(&json!(id))
-        })
+        .filter(|r| r.body.as_ref().and_then(|b| b.get("CheckoutRequestID")) == Some(&json!(id)))
         .map(|r| r.status)
         .collect())
 }
@@ -87,7 +88,11 @@ async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
     let id = p.checkout_request_id.as_str();
     let mut ws = c.ws_connect(1, id, &p.token).await?;
     let first = ws.expect(MessageType::PaymentUpdate).await?;
-    ensure!(first.data.status == PaymentStatus::Pending, "{:?}", first.data);
+    ensure!(
+        first.data.status == PaymentStatus::Pending,
+        "{:?}",
+        first.data
+    );
 
     let done = ws.expect(MessageType::PaymentCompleted).await?;
     let s = &done.data;
@@ -95,7 +100,10 @@ async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
     ensure!(s.status == PaymentStatus::Success, "not SUCCESS: {s:?}");
     ensure!(s.version == FINAL_VERSION, "version is not 2: {s:?}");
     ensure!(s.result_code == Some(ResultCode::Code(0)), "{s:?}");
-    ensure!(s.mpesa_receipt_number.is_none(), "Query gives no receipt: {s:?}");
+    ensure!(
+        s.mpesa_receipt_number.is_none(),
+        "Query gives no receipt: {s:?}"
+    );
     ensure!(s.amount == Some(250), "the pushed amount is kept: {s:?}");
     ensure!(
         c.sim_ctl.callbacks_sent_for(id).await?.is_empty(),
@@ -109,7 +117,11 @@ async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
         "expected exactly one Query (answered 200), got {queries:?}"
     );
     let via_get = c.payment_state(0, id, &p.token).await?;
-    ensure!(via_get == done.data, "GET {via_get:?} != WS {:?}", done.data);
+    ensure!(
+        via_get == done.data,
+        "GET {via_get:?} != WS {:?}",
+        done.data
+    );
     Ok(())
 }
 
@@ -123,7 +135,11 @@ async fn stuck_until_unconfirmed(
     let id = p.checkout_request_id.clone();
     let mut ws = c.ws_connect(1, &id, &p.token).await?;
     let first = ws.expect(MessageType::PaymentUpdate).await?;
-    ensure!(first.data.status == PaymentStatus::Pending, "{:?}", first.data);
+    ensure!(
+        first.data.status == PaymentStatus::Pending,
+        "{:?}",
+        first.data
+    );
     let created = first.data.timestamp;
 
     let done = ws
@@ -141,7 +157,10 @@ async fn stuck_until_unconfirmed(
         s.reason == Some(FailureReason::Unconfirmed),
         "reason is not UNCONFIRMED: {s:?}"
     );
-    ensure!(s.result_code.is_none(), "no Daraja code for UNCONFIRMED: {s:?}");
+    ensure!(
+        s.result_code.is_none(),
+        "no Daraja code for UNCONFIRMED: {s:?}"
+    );
     ensure!(s.version == FINAL_VERSION, "version is not 2: {s:?}");
     let completed = s.completed_at.context("final without completedAt")?;
     let age = completed - created;
@@ -193,7 +212,10 @@ async fn late_callback_after_unconfirmed_gives_version_3() -> Result<()> {
         s.mpesa_receipt_number.as_deref() == Some(receipt.as_str()),
         "the correction lacks the receipt: {s:?}"
     );
-    ensure!(s.reason.is_none(), "a corrected SUCCESS keeps a reason: {s:?}");
+    ensure!(
+        s.reason.is_none(),
+        "a corrected SUCCESS keeps a reason: {s:?}"
+    );
     Ok(())
 }
 
@@ -208,8 +230,12 @@ async fn query_budget_is_shared_across_gateways() -> Result<()> {
     let mut pushed = Vec::new();
     for n in 0..PAYMENTS {
         pushed.push(
-            c.push((n % 2) as usize, &sim::phone(100 + n, sim::NO_CALLBACK), 10 + n)
-                .await?,
+            c.push(
+                (n % 2) as usize,
+                &sim::phone(100 + n, sim::NO_CALLBACK),
+                10 + n,
+            )
+            .await?,
         );
     }
     wait::until("the first window's queries", STEP, || async {
@@ -219,10 +245,14 @@ async fn query_budget_is_shared_across_gateways() -> Result<()> {
     let first_seen = Utc::now();
     // The bucket refills one token per 10 s: for the next 4 s no further query may go
     // out from either gateway. Observed with a bounded poll, expected to time out.
-    let more = wait::until("a query beyond the budget", Duration::from_secs(4), || async {
-        let n = all_queries(&c).await?;
-        Ok((n > BUDGET).then_some(n))
-    })
+    let more = wait::until(
+        "a query beyond the budget",
+        Duration::from_secs(4),
+        || async {
+            let n = all_queries(&c).await?;
+            Ok((n > BUDGET).then_some(n))
+        },
+    )
     .await;
     let total = all_queries(&c).await?;
     ensure!(
@@ -235,7 +265,11 @@ async fn query_budget_is_shared_across_gateways() -> Result<()> {
         let q = queries_for(&c, &p.checkout_request_id).await?;
         let s = c.payment_state(0, &p.checkout_request_id, &p.token).await?;
         if i < BUDGET {
-            ensure!(q.len() == 1, "payment {i} (oldest) queried {} times", q.len());
+            ensure!(
+                q.len() == 1,
+                "payment {i} (oldest) queried {} times",
+                q.len()
+            );
             ensure!(s.status == PaymentStatus::Success, "payment {i}: {s:?}");
         } else {
             ensure!(q.is_empty(), "payment {i} jumped the queue");
@@ -287,7 +321,8 @@ async fn claims_are_exclusive_expire_and_share_one_budget() -> Result<()> {
             .await?;
     }
     // Not yet due: never claimed.
-    a.schedule(&id(99), now + chrono::Duration::seconds(60)).await?;
+    a.schedule(&id(99), now + chrono::Duration::seconds(60))
+        .await?;
 
     // Eight concurrent claimers of 10 on two nodes, with a budget of 1000: every due
     // payment is claimed exactly once.
@@ -310,12 +345,17 @@ async fn claims_are_exclusive_expire_and_share_one_budget() -> Result<()> {
     let got = a.claim(now, 10, Duration::from_millis(300), 1000).await?;
     ensure!(got == [id(200)], "{got:?}");
     ensure!(
-        a.claim(now, 10, Duration::from_secs(30), 1000).await?.is_empty(),
+        a.claim(now, 10, Duration::from_secs(30), 1000)
+            .await?
+            .is_empty(),
         "claimed twice while the claim holds"
     );
     let later = now + chrono::Duration::milliseconds(301);
     let again = a.claim(later, 10, Duration::from_secs(30), 1000).await?;
-    ensure!(again == [id(200)], "the expired claim was not due again: {again:?}");
+    ensure!(
+        again == [id(200)],
+        "the expired claim was not due again: {again:?}"
+    );
 
     // The budget: a fresh bucket of 5 (new keys) gives 5 claims, oldest first, then none.
     let s = schedule_with(&redis, &format!("e2e-sched-{}", random_alnum(8))).await?;
@@ -326,7 +366,9 @@ async fn claims_are_exclusive_expire_and_share_one_budget() -> Result<()> {
     let first = s.claim(now, 100, Duration::from_secs(30), 5).await?;
     ensure!(first == (0..5).map(id).collect::<Vec<_>>(), "{first:?}");
     ensure!(
-        s.claim(now, 100, Duration::from_secs(30), 5).await?.is_empty(),
+        s.claim(now, 100, Duration::from_secs(30), 5)
+            .await?
+            .is_empty(),
         "claimed beyond the budget"
     );
     // Two tokens back (claims that sent no query): two more claims, no more.
@@ -336,8 +378,14 @@ async fn claims_are_exclusive_expire_and_share_one_budget() -> Result<()> {
     // due_now and remove.
     s.due_now(&id(99)).await?;
     let at = s.due_at(&id(99)).await?.context("id 99 not scheduled")?;
-    ensure!(at <= Utc::now().timestamp_millis(), "due_now did not make it due");
+    ensure!(
+        at <= Utc::now().timestamp_millis(),
+        "due_now did not make it due"
+    );
     s.remove(&id(99)).await?;
-    ensure!(s.due_at(&id(99)).await?.is_none(), "remove left it scheduled");
+    ensure!(
+        s.due_at(&id(99)).await?.is_none(),
+        "remove left it scheduled"
+    );
     Ok(())
 }
