@@ -241,7 +241,8 @@ mod tests {
     fn reconcile_settings_are_validated() {
         let ok = reconcile();
         assert!(ok.validate(86_400, 15_000).is_ok());
-        let bad: [(&str, fn(&mut ReconcileSettings)); 8] = [
+        type Change = fn(&mut ReconcileSettings);
+        let bad: [(&str, Change); 8] = [
             ("after >= max_age", |s| s.after_secs = 600),
             ("after 0", |s| s.after_secs = 0),
             ("budget 0", |s| s.max_queries_per_minute = 0),

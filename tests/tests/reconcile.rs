@@ -28,9 +28,9 @@ use stk_relay_shared::store::{RedisPool, Schedule};
 const MAX_AGE_SECS: u64 = 6;
 
 /// Gateway settings for fast reconciliation.
-fn fast(max_age_secs: u64, max_queries_per_minute: u32) -> Vec<(String, String)> {
+fn fast(after_secs: u64, max_age_secs: u64, max_queries_per_minute: u32) -> Vec<(String, String)> {
     vec![
-        kv("GATEWAY__RECONCILE__AFTER_SECS", "1"),
+        kv("GATEWAY__RECONCILE__AFTER_SECS", &after_secs.to_string()),
         kv(
             "GATEWAY__RECONCILE__MAX_AGE_SECS",
             &max_age_secs.to_string(),
@@ -45,11 +45,21 @@ fn fast(max_age_secs: u64, max_queries_per_minute: u32) -> Vec<(String, String)>
     ]
 }
 
-async fn cluster(name: &str, max_age_secs: u64, max_queries_per_minute: u32) -> Result<Cluster> {
+/// The simulator decides a lost (`999`) push 200 ms after accepting it; a first query
+/// two seconds after the push leaves a wide margin under CPU load, so that the one
+/// query it takes is never answered "being processed".
+const LOST_AFTER_SECS: u64 = 2;
+
+async fn cluster(
+    name: &str,
+    after_secs: u64,
+    max_age_secs: u64,
+    max_queries_per_minute: u32,
+) -> Result<Cluster> {
     Cluster::start_with(
         name,
         ClusterOptions {
-            gateway_env: fast(max_age_secs, max_queries_per_minute),
+            gateway_env: fast(after_secs, max_age_secs, max_queries_per_minute),
             ..ClusterOptions::default()
         },
     )
@@ -83,7 +93,7 @@ async fn all_queries(c: &Cluster) -> Result<usize> {
 /// SUCCESS without a receipt (Query gives none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
-    let c = cluster("reconcile_lost", 60, 600).await?;
+    let c = cluster("reconcile_lost", LOST_AFTER_SECS, 60, 600).await?;
     let p = c.push(0, &sim::phone(1, sim::NO_CALLBACK), 250).await?;
     let id = p.checkout_request_id.as_str();
     let mut ws = c.ws_connect(1, id, &p.token).await?;
@@ -186,7 +196,7 @@ async fn stuck_until_unconfirmed(
 /// UNCONFIRMED at max_age_secs, with one event on the WebSocket, version 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_payment_becomes_unconfirmed_at_max_age() -> Result<()> {
-    let c = cluster("reconcile_stuck", MAX_AGE_SECS, 600).await?;
+    let c = cluster("reconcile_stuck", 1, MAX_AGE_SECS, 600).await?;
     stuck_until_unconfirmed(&c, 2).await?;
     Ok(())
 }
@@ -196,7 +206,7 @@ async fn stuck_payment_becomes_unconfirmed_at_max_age() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the correction in payment.lua"]
 async fn late_callback_after_unconfirmed_gives_version_3() -> Result<()> {
-    let c = cluster("reconcile_late", MAX_AGE_SECS, 600).await?;
+    let c = cluster("reconcile_late", 1, MAX_AGE_SECS, 600).await?;
     let (p, _) = stuck_until_unconfirmed(&c, 3).await?;
     let id = p.checkout_request_id.as_str();
     let receipt = daraja::receipt(3);
@@ -220,14 +230,15 @@ async fn late_callback_after_unconfirmed_gives_version_3() -> Result<()> {
 }
 
 /// The Query budget is shared by the cluster: with 6 queries per minute and 12 lost
-/// callbacks on two gateways, the first window sees 6 queries in total, for the 6
-/// oldest payments, and the rest wait their turn.
+/// callbacks on two gateways, the first window sees 6 queries in total (plus one per
+/// 10 s of refill), for the oldest payments, and the rest wait their turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_budget_is_shared_across_gateways() -> Result<()> {
     const BUDGET: usize = 6;
     const PAYMENTS: u32 = 12;
-    let c = cluster("reconcile_budget", 120, BUDGET as u32).await?;
+    let c = cluster("reconcile_budget", LOST_AFTER_SECS, 120, BUDGET as u32).await?;
     let mut pushed = Vec::new();
+    let first_push = Utc::now();
     for n in 0..PAYMENTS {
         pushed.push(
             c.push(
@@ -242,40 +253,50 @@ async fn query_budget_is_shared_across_gateways() -> Result<()> {
         Ok((all_queries(&c).await? >= BUDGET).then_some(()))
     })
     .await?;
-    let first_seen = Utc::now();
-    // The bucket refills one token per 10 s: for the next 4 s no further query may go
-    // out from either gateway. Observed with a bounded poll, expected to time out.
-    let more = wait::until(
+    // The bucket refills one token per 10 s. For the next 4 s, watch that no query goes
+    // out beyond what the one shared bucket allows (a bucket per gateway would allow
+    // twice as many at once). Observed with a bounded poll that is expected to time out.
+    let allowed = || {
+        // The bucket was created by the first claim, which came at least after_secs
+        // after the first push: this bound is never below the true one.
+        let since = Utc::now() - first_push - chrono::Duration::seconds(LOST_AFTER_SECS as i64);
+        BUDGET + (since.num_seconds().max(0) / 10) as usize
+    };
+    let beyond = wait::until(
         "a query beyond the budget",
         Duration::from_secs(4),
         || async {
             let n = all_queries(&c).await?;
-            Ok((n > BUDGET).then_some(n))
+            Ok((n > allowed()).then_some(n))
         },
     )
     .await;
-    let total = all_queries(&c).await?;
     ensure!(
-        more.is_err() && total == BUDGET,
-        "{total} queries within {:?} of the first window; budget {BUDGET}",
-        Utc::now() - first_seen
+        beyond.is_err(),
+        "{} queries within {:?} of the first push; the shared budget allows {}",
+        all_queries(&c).await?,
+        Utc::now() - first_push,
+        allowed()
     );
-    // Oldest first: the first six pushed were the ones asked about (and settled).
+    // Oldest first: the payments asked about are the first ones pushed, each once, and
+    // they are settled; the rest still wait, PENDING.
+    let mut queried = 0;
     for (i, p) in pushed.iter().enumerate() {
         let q = queries_for(&c, &p.checkout_request_id).await?;
         let s = c.payment_state(0, &p.checkout_request_id, &p.token).await?;
-        if i < BUDGET {
-            ensure!(
-                q.len() == 1,
-                "payment {i} (oldest) queried {} times",
-                q.len()
-            );
-            ensure!(s.status == PaymentStatus::Success, "payment {i}: {s:?}");
-        } else {
-            ensure!(q.is_empty(), "payment {i} jumped the queue");
+        if q.is_empty() {
             ensure!(s.status == PaymentStatus::Pending, "payment {i}: {s:?}");
+            continue;
         }
+        ensure!(queried == i, "payment {i} was queried before an older one");
+        ensure!(q == [200], "payment {i}: queries answered {q:?}");
+        ensure!(s.status == PaymentStatus::Success, "payment {i}: {s:?}");
+        queried += 1;
     }
+    ensure!(
+        (BUDGET..PAYMENTS as usize).contains(&queried),
+        "{queried} of {PAYMENTS} payments queried in the first window"
+    );
     Ok(())
 }
 
