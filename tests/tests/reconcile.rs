@@ -135,6 +135,61 @@ async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
     Ok(())
 }
 
+/// When a payment is next due for a Query (Unix ms), read straight from Redis.
+async fn due_at(c: &Cluster, id: &str) -> Result<Option<f64>> {
+    let key = Keyspace::new(c.key_prefix.clone()).reconcile_due();
+    c.redis.command(&["ZSCORE", &key, id]).await
+}
+
+/// A payment that became final by its callback is scheduled when it is recorded, then
+/// dropped from the due set when it comes due, without a Query: a Query answer never
+/// touches a final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_payment_is_dropped_without_a_query() -> Result<()> {
+    let c = cluster("reconcile_final", 1, 60, 600).await?;
+    let p = c.push(0, &sim::phone(4, sim::MANUAL), 120).await?;
+    let id = p.checkout_request_id.as_str();
+    let due = due_at(&c, id)
+        .await?
+        .context("the pending payment was not scheduled for reconciliation")?;
+    let created = c.payment_state(0, id, &p.token).await?.timestamp;
+    let after = due as i64 - created.timestamp_millis();
+    ensure!(
+        (1000..=1001).contains(&after),
+        "scheduled {after} ms after its pending write, not after_secs (1 s)"
+    );
+    let sent = c.sim_ctl.complete_sent(id, 1032).await?;
+    ensure!(
+        sent.status == Some(200),
+        "callback answered {:?}",
+        sent.status
+    );
+    let cancelled = wait::until("the cancel applied", STEP, || async {
+        let s = c.payment_state(1, id, &p.token).await?;
+        Ok(s.status.is_final().then_some(s))
+    })
+    .await?;
+    wait::until("the payment dropped from the due set", STEP, || async {
+        Ok(due_at(&c, id).await?.is_none().then_some(()))
+    })
+    .await?;
+    let queries = queries_for(&c, id).await?;
+    ensure!(
+        queries.is_empty(),
+        "a final payment was queried: {queries:?}"
+    );
+    let now = c.payment_state(0, id, &p.token).await?;
+    ensure!(
+        now == cancelled,
+        "the final state changed: {now:?} vs {cancelled:?}"
+    );
+    ensure!(
+        now.reason == Some(FailureReason::CancelledByUser) && now.version == FINAL_VERSION,
+        "{now:?}"
+    );
+    Ok(())
+}
+
 /// Pushes a stuck payment (Query "being processed" forever) and waits for it to be
 /// closed as FAILED/UNCONFIRMED at max_age_secs: one PAYMENT_COMPLETED, version 2.
 async fn stuck_until_unconfirmed(
