@@ -29,7 +29,8 @@
 //! # Outcomes
 //!
 //! See [`outcome`]: e.g. a phone ending `132` is cancelled (1032), `999` never gets its
-//! callback, `222` gets it twice, `333` waits for `POST /sim/complete`; any other succeeds.
+//! callback, `222` gets it twice, `333` waits for `POST /sim/complete`, `444` is "being processed"
+//! forever; any other succeeds.
 
 pub mod outcome;
 mod routes;

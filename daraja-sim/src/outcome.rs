@@ -17,6 +17,7 @@
 //! | `222` | success, and the callback is sent **twice** (duplicate delivery) |
 //! | `333` | manual: no callback until `POST /sim/complete` |
 //! | `999` | success, but the callback is **never sent** (lost); STK Query reports it |
+//! | `444` | stuck: no callback, and STK Query answers "being processed" **forever** (HTTP 500, `500.001.1001`), even after `POST /sim/complete`, which still sends a (late) callback |
 //!
 //! A paybill push whose `PartyB` is not the shortcode (or a till push whose `PartyB` is
 //! not the configured till) ends with 2028 whatever the phone, as Daraja does.
@@ -34,6 +35,9 @@ pub enum Behaviour {
     Lost,
     /// Stay pending until `POST /sim/complete`.
     Manual,
+    /// Stuck: no callback, and STK Query answers "being processed" forever, even once
+    /// `POST /sim/complete` has decided the push (its callback then comes late).
+    Processing,
 }
 
 impl Behaviour {
@@ -42,8 +46,13 @@ impl Behaviour {
         match self {
             Self::Result(c) => Some(c),
             Self::Duplicate | Self::Lost => Some(0),
-            Self::Manual => None,
+            Self::Manual | Self::Processing => None,
         }
+    }
+
+    /// Whether STK Query answers "being processed" whatever the push's result.
+    pub fn query_stuck(self) -> bool {
+        matches!(self, Self::Processing)
     }
 }
 
@@ -62,6 +71,7 @@ pub const OUTCOMES: &[(&str, Behaviour)] = &[
     ("222", Behaviour::Duplicate),
     ("333", Behaviour::Manual),
     ("999", Behaviour::Lost),
+    ("444", Behaviour::Processing),
 ];
 
 /// The behaviour for a 12-digit MSISDN.
@@ -127,6 +137,10 @@ mod tests {
         assert_eq!(behaviour_for("254700000222"), Behaviour::Duplicate);
         assert_eq!(behaviour_for("254700000333"), Behaviour::Manual);
         assert_eq!(behaviour_for("254700000999"), Behaviour::Lost);
+        assert_eq!(behaviour_for("254700000444"), Behaviour::Processing);
+        assert!(Behaviour::Processing.query_stuck());
+        assert!(!Behaviour::Manual.query_stuck());
+        assert_eq!(Behaviour::Processing.result_code(), None);
         assert_eq!(behaviour_for(""), Behaviour::Result(0));
     }
 

@@ -214,7 +214,13 @@ fn stk_query(sim: &Sim, req: &HttpRequest, body: &[u8]) -> Reply {
     let Some(push) = sim.push(&id) else {
         return Reply::fault(sim, &Fault::invalid("CheckoutRequestID"));
     };
-    match push.result {
+    // A stuck push (`444`) is "being processed" forever, even once decided.
+    let result = if push.behaviour.query_stuck() {
+        None
+    } else {
+        push.result
+    };
+    match result {
         None => Reply::fault(
             sim,
             &Fault::generic_500("The transaction is being processed").with_request_id(id),

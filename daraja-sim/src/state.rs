@@ -340,6 +340,7 @@ impl Sim {
             let sends = match behaviour {
                 Behaviour::Lost => 0,
                 Behaviour::Duplicate => 2,
+                Behaviour::Processing => 0,
                 Behaviour::Result(_) | Behaviour::Manual => 1,
             };
             for _ in 0..sends {

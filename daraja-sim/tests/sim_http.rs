@@ -462,6 +462,72 @@ async fn push_ok(
     resp["CheckoutRequestID"].as_str().unwrap().to_owned()
 }
 
+/// Queries `id` until the answer is no longer "being processed" (each pending answer
+/// must be exactly Daraja's), for at most [`WAIT`].
+async fn query_until_final(http: &reqwest::Client, url: &str, t: &str, id: &str) -> (u16, Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let q = post(http, url.to_owned(), t, &query_body(id)).await;
+        if q.0 != 500 {
+            return q;
+        }
+        assert_being_processed(&q, id);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} still being processed after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Daraja's exact "still pending" answer to STK Push Query.
+fn assert_being_processed(q: &(u16, Value), id: &str) {
+    assert_eq!(q.0, 500, "{:?}", q.1);
+    assert_eq!(
+        q.1,
+        json!({
+            "requestId": id,
+            "errorCode": "500.001.1001",
+            "errorMessage": "The transaction is being processed"
+        })
+    );
+}
+
+#[tokio::test]
+async fn stuck_push_is_being_processed_forever() {
+    let sim = sim().await;
+    let rx = Receiver::start(200).await;
+    let http = reqwest::Client::new();
+    let t = token(&http, &sim.base_url()).await;
+    let query_url = format!("{}/mpesa/stkpushquery/v1/query", sim.base_url());
+    let stuck = push_ok(&http, &sim, &t, "254708374444", &rx.url).await;
+    // A lost push made after it turns final: the callback delay has passed for both.
+    let lost = push_ok(&http, &sim, &t, "254708375999", &rx.url).await;
+    let q = query_until_final(&http, &query_url, &t, &lost).await;
+    assert_eq!(q.1["ResultCode"], json!("0"));
+    let q = post(&http, query_url.clone(), &t, &query_body(&stuck)).await;
+    assert_being_processed(&q, &stuck);
+    assert!(
+        sim.callbacks_sent().is_empty(),
+        "a stuck push sends no callback"
+    );
+    // Deciding it sends a (late) callback, and the Query still says "being processed".
+    let r = http
+        .post(format!("{}/sim/complete", sim.base_url()))
+        .json(&json!({"checkout_request_id": stuck, "result_code": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let sent: SentCallback = r.json().await.unwrap();
+    assert_eq!(sent.body["Body"]["stkCallback"]["ResultCode"], json!(0));
+    assert_eq!(sent.status, Some(200));
+    let q = post(&http, query_url, &t, &query_body(&stuck)).await;
+    assert_being_processed(&q, &stuck);
+    rx.handle.stop(true).await;
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn outcome_table_over_http() {
     let sim = sim().await;
@@ -495,12 +561,18 @@ async fn outcome_table_over_http() {
     );
     assert!(for_id(&cancelled).get("CallbackMetadata").is_none());
 
-    // Lost: the query knows the result even though no callback came.
+    // Lost: the query knows the result even though no callback came. Its own delay may
+    // not have passed yet when the neighbours' callbacks were seen (they were pushed
+    // first), so wait for its own event: the Query answer turning final.
     let query_url = format!("{}/mpesa/stkpushquery/v1/query", sim.base_url());
-    let q = post(&http, query_url.clone(), &t, &query_body(&lost)).await;
+    let q = query_until_final(&http, &query_url, &t, &lost).await;
     assert_eq!(q.0, 200, "{:?}", q.1);
     assert_eq!(q.1["ResultCode"], json!("0"));
-    assert!(!ids.contains(&lost));
+    assert_eq!(q.1["CheckoutRequestID"], json!(lost));
+    assert!(!sim
+        .callbacks_sent()
+        .iter()
+        .any(|c| c.checkout_request_id == lost));
 
     // Manual: pending until completed.
     let q = post(&http, query_url.clone(), &t, &query_body(&manual)).await;

@@ -25,6 +25,7 @@ pub struct GatewaySettings {
     pub callbacks: CallbackUrlSettings,
     pub daraja: DarajaClientSettings,
     pub ws: WsSettings,
+    pub reconcile: ReconcileSettings,
     pub dev: DevSettings,
 }
 
@@ -85,6 +86,75 @@ pub struct WsSettings {
     pub heartbeat_interval_ms: u64,
     pub client_timeout_ms: u64,
     pub max_connections: usize,
+}
+
+/// `[reconcile]`: STK Push Query for payments whose callback has not come.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcileSettings {
+    /// A PENDING payment this old (seconds since its pending write) is first queried.
+    pub after_secs: u64,
+    /// A payment still PENDING at this age becomes FAILED with reason `UNCONFIRMED`.
+    pub max_age_secs: u64,
+    /// STK Push Queries per minute, shared by every gateway (a token bucket in Redis).
+    pub max_queries_per_minute: u32,
+    /// How often an idle gateway looks for due payments.
+    pub poll_interval_ms: u64,
+    /// Most payments one gateway claims at once.
+    pub batch: usize,
+    /// A claimed payment is due again after this long if its claimer did not finish it.
+    pub claim_ttl_secs: u64,
+    /// Backoff between queries of one payment: a quarter of its age, within these bounds.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl ReconcileSettings {
+    pub fn after(&self) -> Duration {
+        Duration::from_secs(self.after_secs)
+    }
+
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_secs)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.claim_ttl_secs)
+    }
+
+    fn validate(&self, payment_ttl_secs: u64, daraja_timeout_ms: u64) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("reconcile.{m}")));
+        if self.after_secs == 0 || self.after_secs >= self.max_age_secs {
+            return invalid("after_secs must be at least 1 and less than max_age_secs");
+        }
+        if self.max_age_secs >= payment_ttl_secs {
+            return invalid("max_age_secs must be less than payments.ttl_secs");
+        }
+        if !(1..=100_000).contains(&self.max_queries_per_minute) {
+            return invalid("max_queries_per_minute must be between 1 and 100000");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            return invalid("poll_interval_ms must be between 10 and 60000");
+        }
+        if !(1..=1000).contains(&self.batch) {
+            return invalid("batch must be between 1 and 1000");
+        }
+        // A query may take two exchanges (token, then query) and, after a rejected
+        // token, two more; 4/5 of the claim must cover at least the first two.
+        if self.claim_ttl_secs.saturating_mul(800) <= daraja_timeout_ms.saturating_mul(2) {
+            return invalid("claim_ttl_secs must exceed 2.5 × daraja.request_timeout_ms");
+        }
+        if self.retry_min_ms < 100 || self.retry_min_ms > self.retry_max_ms {
+            return invalid("retry_min_ms must be at least 100 and at most retry_max_ms");
+        }
+        if self.retry_max_ms > self.max_age_secs.saturating_mul(1000) {
+            return invalid("retry_max_ms must not exceed max_age_secs");
+        }
+        Ok(())
+    }
 }
 
 impl WsSettings {
@@ -200,6 +270,74 @@ impl Settings for GatewaySettings {
                 "ws.client_timeout_ms must exceed ws.heartbeat_interval_ms > 0".into(),
             ));
         }
+        self.reconcile
+            .validate(self.payments.ttl_secs, self.daraja.request_timeout_ms)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reconcile() -> ReconcileSettings {
+        ReconcileSettings {
+            after_secs: 60,
+            max_age_secs: 600,
+            max_queries_per_minute: 30,
+            poll_interval_ms: 1000,
+            batch: 10,
+            claim_ttl_secs: 60,
+            retry_min_ms: 10_000,
+            retry_max_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn reconcile_settings_are_validated() {
+        let ok = reconcile();
+        assert!(ok.validate(86_400, 15_000).is_ok());
+        type Change = fn(&mut ReconcileSettings);
+        let bad: [(&str, Change); 8] = [
+            ("after >= max_age", |s| s.after_secs = 600),
+            ("after 0", |s| s.after_secs = 0),
+            ("budget 0", |s| s.max_queries_per_minute = 0),
+            ("poll 0", |s| s.poll_interval_ms = 0),
+            ("batch 0", |s| s.batch = 0),
+            ("claim too short", |s| s.claim_ttl_secs = 30),
+            ("retry min > max", |s| s.retry_min_ms = 70_000),
+            ("retry max > max_age", |s| s.retry_max_ms = 601_000),
+        ];
+        for (what, change) in bad {
+            let mut s = reconcile();
+            change(&mut s);
+            assert!(s.validate(86_400, 15_000).is_err(), "{what} accepted");
+        }
+        // max_age must be below the payment TTL.
+        assert!(ok.validate(600, 15_000).is_err());
+    }
+
+    #[test]
+    fn reconcile_defaults_load_and_can_be_overridden() {
+        let base = r#"
+[api]
+keys = ["a-merchant-api-key-0123456789"]
+[tokens]
+subscribe_secret = "subscribe-secret-0123456789abcdef0123"
+callback_secret = "callback-secret-0123456789abcdef01234"
+[callbacks]
+public_base_url = "https://cb.shop.test"
+[daraja]
+consumer_key = "k"
+consumer_secret = "s"
+passkey = "p"
+"#;
+        let s = GatewaySettings::load_with(None, Some(base)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.reconcile.after_secs, 60);
+        assert_eq!(s.reconcile.max_age_secs, 600);
+        assert_eq!(s.reconcile.max_queries_per_minute, 30);
+        let bad = format!("{base}\n[reconcile]\nafter_secs = 600\n");
+        let err = GatewaySettings::load_with(None, Some(&bad)).expect_err("after >= max_age");
+        assert!(err.to_string().contains("reconcile.after_secs"), "{err}");
     }
 }

@@ -10,12 +10,15 @@
 //! - [`feed`]: subscribe-then-read: the frames one browser connection receives.
 //! - [`ws`]: the WebSocket session loop and the browser protocol.
 //! - [`error`]: `ApiError`, mapped to HTTP in one place.
+//! - [`reconcile`]: the background task that settles payments without a callback
+//!   through STK Push Query, and closes them as `UNCONFIRMED` at `reconcile.max_age_secs`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod ws;

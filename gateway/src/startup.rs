@@ -1,8 +1,9 @@
 //! Building and running the gateway.
 //!
 //! `Application::build` wires Redis (command pool + one subscriber connection), the
-//! Daraja client and the HTTP server, and binds, so `port = 0` works. The node starts
-//! while Redis is down and reports not-ready until it is back.
+//! Daraja client, the reconciliation task ([`crate::reconcile`]) and the HTTP server,
+//! and binds, so `port = 0` works. The node starts while Redis is down and reports
+//! not-ready until it is back. The reconciliation task stops with the shutdown handle.
 //!
 //! Shutdown (actix's own graceful stop does not cover upgraded sockets, so the gateway
 //! owns it): the handle fires → `/readyz` answers 503 and new sockets are refused →
@@ -25,7 +26,7 @@ use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{PaymentStore, RedisPool};
+use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 use tokio::sync::Notify;
 use tracing_actix_web::TracingLogger;
@@ -34,6 +35,7 @@ use crate::auth::ApiKeys;
 use crate::config::GatewaySettings;
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
+use crate::reconcile::Reconciler;
 use crate::routes;
 
 /// Counts open WebSocket and SSE connections and caps them.
@@ -64,6 +66,8 @@ impl Drop for ConnectionGuard {
 pub struct AppState {
     pub settings: GatewaySettings,
     pub store: PaymentStore,
+    /// Payments due for STK Push Query (reconciliation).
+    pub schedule: Schedule,
     pub broker: Arc<dyn Broker>,
     pub idempotency: Idempotency,
     pub daraja: DarajaClient,
@@ -118,14 +122,23 @@ impl Application {
             keys.clone(),
             Duration::from_secs(settings.payments.ttl_secs),
         );
+        let schedule = Schedule::new(pool.clone(), keys.clone());
         let idempotency = Idempotency::new(
             pool,
             keys,
             Duration::from_secs(settings.payments.idempotency_ttl_secs),
         );
         let daraja = DarajaClient::new(settings.daraja.clone()).map_err(invalid)?;
+        Reconciler {
+            store: store.clone(),
+            schedule: schedule.clone(),
+            daraja: daraja.clone(),
+            settings: settings.reconcile.clone(),
+        }
+        .spawn(shutdown.clone());
         let state = web::Data::new(AppState {
             store,
+            schedule,
             broker,
             idempotency,
             daraja,

@@ -17,6 +17,8 @@ pub const MANUAL: &str = "333";
 pub const DUPLICATE: &str = "222";
 /// Phone suffix: no callback ever.
 pub const NO_CALLBACK: &str = "999";
+/// Phone suffix: no callback, and STK Query answers "being processed" forever.
+pub const STUCK: &str = "444";
 
 /// Default simulator credentials.
 pub const CONSUMER_KEY: &str = "sim-consumer-key";

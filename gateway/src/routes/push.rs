@@ -231,6 +231,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
     {
         RecordOutcome::Pending(_) => {
             tracing::info!("payment pending");
+            state.schedule_reconcile(&checkout, now).await;
             "PENDING".to_owned()
         }
         RecordOutcome::AppliedEarly(state_json) => {

@@ -200,7 +200,8 @@ fn url_origin(url: &str) -> String {
 /// What STK Push Query says about a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StkQueryStatus {
-    /// "The transaction is being processed": keep waiting.
+    /// Not decided yet: keep waiting. HTTP 500 `500.001.1001` "The transaction is being
+    /// processed", or a 200 answer with [`QUERY_STILL_PROCESSING`] (4999).
     Pending,
     /// Final for this CheckoutRequestID. Only `ResultCode` 0 means paid.
     Final {
@@ -209,6 +210,10 @@ pub enum StkQueryStatus {
         result_desc: String,
     },
 }
+
+/// The STK Push Query `ResultCode` for "the transaction is still under processing": not
+/// a verdict.
+pub const QUERY_STILL_PROCESSING: i64 = 4999;
 
 /// The Daraja client. Cheap to clone; clones share the token cache and connection pool.
 #[derive(Clone)]
@@ -751,12 +756,24 @@ fn parse_query_response(
             detail: "STK query answered for another CheckoutRequestID".into(),
         });
     }
+    // A request Daraja did not accept carries no verdict, whatever ResultCode says.
+    if resp.response_code.trim() != "0" {
+        return Err(DarajaError::Api {
+            status,
+            error_code: resp.response_code,
+            error_message: resp.response_description,
+            request_id: String::new(),
+        });
+    }
     let result_code = ResultCode::from_text(&resp.result_code).ok_or_else(|| {
         DarajaError::UnexpectedResponse {
             status,
             detail: "STK query response with a malformed ResultCode".into(),
         }
     })?;
+    if result_code == ResultCode::Code(QUERY_STILL_PROCESSING) {
+        return Ok(StkQueryStatus::Pending);
+    }
     Ok(StkQueryStatus::Final {
         merchant_request_id: resp.merchant_request_id,
         result_code,
@@ -894,6 +911,42 @@ mod tests {
         );
         let other = CheckoutRequestId::parse("ws_CO_other").unwrap();
         assert!(parse_query_response(200, done, &other).is_err());
+    }
+
+    #[test]
+    fn query_answers_that_are_not_verdicts() {
+        let id = CheckoutRequestId::parse("ws_CO_21072024125130652700961992").unwrap();
+        // ResultCode 4999: still under processing.
+        let still = br#"{"ResponseCode":"0","ResponseDescription":"The service request has been accepted successsfully","MerchantRequestID":"m-1","CheckoutRequestID":"ws_CO_21072024125130652700961992","ResultCode":"4999","ResultDesc":"The transaction is still under processing"}"#;
+        assert_eq!(
+            parse_query_response(200, still, &id).unwrap(),
+            StkQueryStatus::Pending
+        );
+        // A ResponseCode other than 0: no verdict, even with a ResultCode.
+        let refused = br#"{"ResponseCode":"1","ResponseDescription":"Rejected","MerchantRequestID":"m-1","CheckoutRequestID":"ws_CO_21072024125130652700961992","ResultCode":"1032","ResultDesc":"Request cancelled by user"}"#;
+        assert!(parse_query_response(200, refused, &id).is_err());
+        // Invalid CheckoutRequestID (Daraja may not know the id yet).
+        let unknown = br#"{"requestId":"r","errorCode":"400.002.02","errorMessage":"Bad Request - Invalid CheckoutRequestID"}"#;
+        assert_eq!(
+            parse_query_response(400, unknown, &id)
+                .unwrap_err()
+                .daraja_error_code(),
+            Some("400.002.02")
+        );
+        // Spike arrest (Apigee) and 500.003.02.
+        let spike = br#"{"fault":{"faultstring":"Spike arrest violation. Allowed rate : 5ps","detail":{"errorcode":"policies.ratelimit.SpikeArrestViolation"}}}"#;
+        assert!(parse_query_response(429, spike, &id)
+            .unwrap_err()
+            .is_rate_limited());
+        let busy = br#"{"requestId":"r","errorCode":"500.003.02","errorMessage":"Spike Arrest Violation"}"#;
+        assert!(parse_query_response(500, busy, &id)
+            .unwrap_err()
+            .is_rate_limited());
+        // Other 5xx, an HTML error page, an empty 200.
+        assert!(parse_query_response(503, b"<html>unavailable</html>", &id).is_err());
+        assert!(parse_query_response(200, b"", &id).is_err());
+        let no_result = br#"{"ResponseCode":"0","ResponseDescription":"ok","MerchantRequestID":"m-1","CheckoutRequestID":"ws_CO_21072024125130652700961992","ResultCode":"","ResultDesc":""}"#;
+        assert!(parse_query_response(200, no_result, &id).is_err());
     }
 
     #[test]

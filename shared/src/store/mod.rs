@@ -5,12 +5,16 @@
 //! - [`payments`]: [`payments::PaymentStore`]: record a pending payment, apply a final
 //!   outcome, read a state. `payment.lua` is the only code that writes a status; it
 //!   writes and publishes atomically.
+//! - [`schedule`]: [`schedule::Schedule`]: the due set of pending payments for STK Push
+//!   Query and the cluster's shared Query budget (`schedule.lua`).
 
 pub mod payments;
 pub mod pool;
+pub mod schedule;
 
 pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
 pub use pool::RedisPool;
+pub use schedule::Schedule;
 
 /// Runs `op` and retries it while Redis is unreachable (`Unavailable` or `Timeout`),
 /// with backoff from 25 ms doubling to 400 ms, as long as the next attempt starts within

@@ -1,0 +1,187 @@
+//! [`Schedule`]: which pending payments are due for an STK Push Query, and the cluster's
+//! shared Query budget.
+//!
+//! - **Due set.** A sorted set (`Keyspace::reconcile_due`): member = CheckoutRequestID,
+//!   score = Unix ms when it is next due. The gateway adds a payment when it records it
+//!   as PENDING; the ingest makes one due at once when a callback does not match its
+//!   push; reconciliation reschedules it with backoff or removes it once final.
+//! - **Claim.** `schedule.lua` takes up to `batch` due members, oldest first, and moves
+//!   each one's score to `now + claim_ttl`. The script is atomic, so exactly one node
+//!   gets a member per claim; a node that dies holding a claim only delays the payment
+//!   (it becomes due again when the claim expires).
+//! - **Budget.** A token bucket (`Keyspace::reconcile_bucket`) refilled at
+//!   `max_per_minute` tokens per 60 s, capacity `max_per_minute`. A claim takes one token
+//!   per member; [`Schedule::refund`] gives back the tokens of claims that sent no query
+//!   (payment gone, already final, or too old). Refill is measured with Redis's own clock
+//!   (`TIME` inside the script), so the budget holds across nodes whatever their clocks
+//!   say; due times are the callers' wall-clock ms.
+//!
+//! Both keys carry the hash tag `{q}`, so one script may touch both under Redis Cluster.
+//! The script never touches a payment key (those live in other slots).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+
+use super::{RedisPool, StoreError};
+use crate::ids::CheckoutRequestId;
+use crate::keyspace::Keyspace;
+
+static SCHEDULE_LUA: &str = include_str!("schedule.lua");
+
+/// The due set and the Query budget.
+#[derive(Clone)]
+pub struct Schedule {
+    pool: RedisPool,
+    keys: Keyspace,
+    script: Script,
+}
+
+impl Schedule {
+    pub fn new(pool: RedisPool, keys: Keyspace) -> Self {
+        Self {
+            pool,
+            keys,
+            script: Script::new(SCHEDULE_LUA),
+        }
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.pool.get().await?;
+        tokio::time::timeout(self.pool.command_timeout(), cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(StoreError::from)
+    }
+
+    /// Makes `id` due at `due_at` (replacing any earlier schedule).
+    pub async fn schedule(
+        &self,
+        id: &CheckoutRequestId,
+        due_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZADD")
+                    .arg(self.keys.reconcile_due())
+                    .arg(due_at.timestamp_millis())
+                    .arg(id.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Makes `id` due now, unless it is already due earlier. For a payment that must be
+    /// reconciled at once (a callback that does not match its push).
+    pub async fn due_now(&self, id: &CheckoutRequestId) -> Result<(), StoreError> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZADD")
+                    .arg(self.keys.reconcile_due())
+                    .arg("LT")
+                    .arg(Utc::now().timestamp_millis())
+                    .arg(id.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes `id` out of the due set (final, or gone).
+    pub async fn remove(&self, id: &CheckoutRequestId) -> Result<(), StoreError> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZREM")
+                    .arg(self.keys.reconcile_due())
+                    .arg(id.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When `id` is next due, if it is scheduled.
+    pub async fn due_at(&self, id: &CheckoutRequestId) -> Result<Option<i64>, StoreError> {
+        let score: Option<f64> = self
+            .cmd(
+                redis::cmd("ZSCORE")
+                    .arg(self.keys.reconcile_due())
+                    .arg(id.as_str()),
+            )
+            .await?;
+        Ok(score.map(|s| s as i64))
+    }
+
+    /// How many payments are scheduled.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        self.cmd(redis::cmd("ZCARD").arg(self.keys.reconcile_due()))
+            .await
+    }
+
+    /// Claims up to `batch` payments due at `now`, oldest first, limited by the tokens in
+    /// the shared bucket (one per claim; `max_per_minute` per 60 s, capacity
+    /// `max_per_minute`). Each claimed payment is due again at `now + claim_ttl` unless
+    /// the claimer reschedules or removes it first. Members that are not valid
+    /// CheckoutRequestIDs are removed and not returned.
+    pub async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        batch: usize,
+        claim_ttl: Duration,
+        max_per_minute: u32,
+    ) -> Result<Vec<CheckoutRequestId>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = self.script.key(self.keys.reconcile_due());
+        inv.key(self.keys.reconcile_bucket())
+            .arg("claim")
+            .arg(now.timestamp_millis())
+            .arg(batch.max(1))
+            .arg(
+                u64::try_from(claim_ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(max_per_minute.max(1));
+        let raw: Vec<String> =
+            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout)??;
+        let mut out = Vec::with_capacity(raw.len());
+        for member in raw {
+            match CheckoutRequestId::parse(&member) {
+                Ok(id) => out.push(id),
+                Err(_) => {
+                    tracing::warn!("dropping a malformed member of the reconcile due set");
+                    let _: i64 = self
+                        .cmd(
+                            redis::cmd("ZREM")
+                                .arg(self.keys.reconcile_due())
+                                .arg(&member),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives back `count` tokens of claims that sent no query, capped at the bucket's
+    /// capacity. Returns the tokens now in the bucket.
+    pub async fn refund(&self, count: usize, max_per_minute: u32) -> Result<f64, StoreError> {
+        if count == 0 {
+            return Ok(0.0);
+        }
+        let mut conn = self.pool.get().await?;
+        let mut inv = self.script.key(self.keys.reconcile_due());
+        inv.key(self.keys.reconcile_bucket())
+            .arg("refund")
+            .arg(count)
+            .arg(max_per_minute.max(1));
+        let tokens: String =
+            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout)??;
+        tokens
+            .parse()
+            .map_err(|_| StoreError::Protocol(format!("schedule.lua refund: {tokens:?}")))
+    }
+}
