@@ -30,10 +30,11 @@ use std::time::Duration;
 use actix_web::web;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::payment::PaymentState;
-use stk_relay_shared::store::{RecordOutcome, StoreError};
+use stk_relay_shared::store::{PaymentStore, RecordOutcome, StoreError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::idempotency::Idempotency;
 use crate::startup::AppState;
 
 /// First and longest pause between two attempts of the writer while Redis is unreachable.
@@ -273,7 +274,16 @@ fn log_abandoned(work: &Work, why: &str) {
 
 /// Runs after a payment's pending record is written (or found already written), inline
 /// by the push route or by the background writer. Logs the outcome.
-pub async fn on_recorded(_state: &AppState, id: &CheckoutRequestId, outcome: &RecordOutcome) {
+///
+/// For Redis, use `store` (its pool), not `state.store`: in the writer it is the
+/// writer's own connection, which keeps working during shutdown after the HTTP workers
+/// (on whose runtimes the shared pool may have reconnected) have stopped.
+pub async fn on_recorded(
+    _state: &AppState,
+    _store: &PaymentStore,
+    id: &CheckoutRequestId,
+    outcome: &RecordOutcome,
+) {
     match outcome {
         RecordOutcome::Pending(_) => tracing::info!(checkout_request_id = %id, "payment pending"),
         RecordOutcome::AppliedEarly(_) => tracing::info!(
@@ -293,9 +303,20 @@ fn unreachable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(_) | StoreError::Timeout)
 }
 
+/// The writer's own Redis handles, on a pool of its own.
+///
+/// redis-rs reconnects a pooled connection on the runtime of the task that noticed the
+/// failure; for the shared pool that may be an HTTP worker's runtime, which stops first at
+/// shutdown. The writer must still write during the shutdown flush, so it has its own
+/// connection, created and reconnected only on its own runtime.
+pub struct WriterStores {
+    pub store: PaymentStore,
+    pub idempotency: Idempotency,
+}
+
 /// The background writer: takes the head job, writes it, retries while Redis is
 /// unreachable, drops it when its payment's TTL passed. Runs until aborted.
-pub async fn run_writer(state: web::Data<AppState>) {
+pub async fn run_writer(state: web::Data<AppState>, stores: WriterStores) {
     let pending = &state.pending;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -309,7 +330,7 @@ pub async fn run_writer(state: web::Data<AppState>) {
             pending.pop(seq);
             continue;
         }
-        match write_once(&state, seq, work).await {
+        match write_once(&state, &stores, seq, work).await {
             Ok(()) => {
                 pending.pop(seq);
                 backoff = BACKOFF_MIN;
@@ -326,10 +347,15 @@ pub async fn run_writer(state: web::Data<AppState>) {
 
 /// One attempt at the head job. `Err` only when Redis is unreachable (retry later);
 /// other failures are logged and that part of the job is dropped.
-async fn write_once(state: &AppState, seq: u64, work: Work) -> Result<(), StoreError> {
+async fn write_once(
+    state: &AppState,
+    stores: &WriterStores,
+    seq: u64,
+    work: Work,
+) -> Result<(), StoreError> {
     if let Some(w) = &work.write {
         let id = &w.state.checkout_request_id;
-        match state.store.record_pending(&w.state, &w.nonce).await {
+        match stores.store.record_pending(&w.state, &w.nonce).await {
             Ok(RecordOutcome::Collision) => {
                 tracing::error!(
                     checkout_request_id = %id,
@@ -338,7 +364,7 @@ async fn write_once(state: &AppState, seq: u64, work: Work) -> Result<(), StoreE
             }
             Ok(outcome) => {
                 tracing::info!(checkout_request_id = %id, "queued pending write written");
-                on_recorded(state, id, &outcome).await;
+                on_recorded(state, &stores.store, id, &outcome).await;
             }
             Err(e) if unreachable(&e) => return Err(e),
             Err(e) => {
@@ -354,7 +380,7 @@ async fn write_once(state: &AppState, seq: u64, work: Work) -> Result<(), StoreE
             request_hash,
             status,
             body,
-        }) => match state
+        }) => match stores
             .idempotency
             .complete(rkey, request_hash, *status, body)
             .await
@@ -368,7 +394,7 @@ async fn write_once(state: &AppState, seq: u64, work: Work) -> Result<(), StoreE
                 tracing::error!(idempotency_record = %rkey, error = %e, "could not store idempotent response; dropped");
             }
         },
-        Some(IdemAction::Abort { rkey }) => match state.idempotency.abort(rkey).await {
+        Some(IdemAction::Abort { rkey }) => match stores.idempotency.abort(rkey).await {
             Ok(()) => {}
             Err(e) if unreachable(&e) => return Err(e),
             Err(e) => {

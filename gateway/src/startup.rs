@@ -22,7 +22,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use stk_relay_shared::broker::redis::RedisBroker;
 use stk_relay_shared::broker::Broker;
-use stk_relay_shared::config::ServerSettings;
+use stk_relay_shared::config::{RedisSettings, ServerSettings};
 use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
@@ -127,7 +127,7 @@ impl Application {
             + Duration::from_secs(1);
         let idempotency = Idempotency::new(
             pool,
-            keys,
+            keys.clone(),
             Duration::from_secs(settings.payments.idempotency_ttl_secs),
             push_lifetime,
         );
@@ -152,7 +152,26 @@ impl Application {
             ),
             settings: settings.clone(),
         });
-        let writer = tokio::spawn(pending::run_writer(state.clone()));
+        // The background writer has a connection of its own (see `pending::WriterStores`).
+        let writer_pool = RedisPool::new(&RedisSettings {
+            pool_size: 1,
+            ..settings.redis.clone()
+        })
+        .map_err(invalid)?;
+        let writer_stores = pending::WriterStores {
+            store: PaymentStore::new(
+                writer_pool.clone(),
+                keys.clone(),
+                Duration::from_secs(settings.payments.ttl_secs),
+            ),
+            idempotency: Idempotency::new(
+                writer_pool,
+                keys.clone(),
+                Duration::from_secs(settings.payments.idempotency_ttl_secs),
+                push_lifetime,
+            ),
+        };
+        let writer = tokio::spawn(pending::run_writer(state.clone(), writer_stores));
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();

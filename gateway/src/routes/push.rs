@@ -347,7 +347,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
             }));
         }
         Ok(outcome) => {
-            on_recorded(state, &checkout, &outcome).await;
+            on_recorded(state, &state.store, &checkout, &outcome).await;
             let status = match &outcome {
                 RecordOutcome::AppliedEarly(s) | RecordOutcome::AlreadyExists(s) => status_of(s),
                 _ => "PENDING".to_owned(),
