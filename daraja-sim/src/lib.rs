@@ -199,7 +199,10 @@ impl Simulator {
                 .route("/sim/callbacks/resend", web::post().to(routes::resend))
                 .route("/sim/complete", web::post().to(routes::complete))
                 .route("/sim/hold-pushes", web::post().to(routes::hold_pushes))
-                .route("/sim/release-pushes", web::post().to(routes::release_pushes))
+                .route(
+                    "/sim/release-pushes",
+                    web::post().to(routes::release_pushes),
+                )
                 .route("/sim/held-pushes", web::get().to(routes::held_pushes))
                 .default_service(web::to(routes::daraja))
         })

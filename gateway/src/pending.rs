@@ -443,9 +443,7 @@ mod tests {
         assert!(!q.is_queued(&id_a));
         q.pop(seq);
         assert!(q.reserve().is_some(), "a finished job releases its slot");
-        assert!(!q
-            .flush(Instant::now() + Duration::from_millis(20))
-            .await);
+        assert!(!q.flush(Instant::now() + Duration::from_millis(20)).await);
         assert_eq!(q.abandon_all(), 1);
         assert!(q.flush(Instant::now()).await);
         assert!(!q.is_queued(&CheckoutRequestId::parse("ws_CO_b").unwrap()));

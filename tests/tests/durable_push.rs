@@ -62,7 +62,8 @@ struct Answer {
 impl Answer {
     fn push_response(&self) -> Result<PushResponse> {
         ensure!(self.status == 200, "push: {}: {}", self.status, self.body);
-        serde_json::from_str(&self.body).with_context(|| format!("not a PushResponse: {}", self.body))
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("not a PushResponse: {}", self.body))
     }
 
     fn error_code(&self) -> Result<ErrorCode> {
@@ -142,7 +143,9 @@ async fn hold_pushes(c: &Cluster) -> Result<()> {
 
 async fn release_pushes(c: &Cluster) -> Result<u64> {
     let v = sim_call(c, reqwest::Method::POST, "/sim/release-pushes").await?;
-    v["released"].as_u64().ok_or_else(|| anyhow!("bad release answer {v}"))
+    v["released"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("bad release answer {v}"))
 }
 
 /// Waits until the simulator holds the answers of `n` accepted pushes.
@@ -218,7 +221,11 @@ async fn accepted_push_survives_redis_outage_and_completes_once() -> Result<()> 
         Ok(_) => return Err(anyhow!("WS while queued was accepted")),
     }
     let get = c.get_payment(0, &id, Auth::Query(&p.token)).await?;
-    ensure!(get.status().as_u16() == 503, "GET while queued: {}", get.status());
+    ensure!(
+        get.status().as_u16() == 503,
+        "GET while queued: {}",
+        get.status()
+    );
 
     c.redis.restart().await?;
     wait::until("the queued pending write lands", STEP, || async {
@@ -260,7 +267,11 @@ async fn idempotent_push_survives_redis_outage_and_replays_without_second_push()
 
     // While Redis is down a retry cannot even read the key: 503, and no push.
     let during = push_now(&c, request(&phone, 220), Some(key)).await?;
-    ensure!(during.status == 503, "retry during outage: {}", during.status);
+    ensure!(
+        during.status == 503,
+        "retry during outage: {}",
+        during.status
+    );
 
     c.redis.restart().await?;
     // Until the writer stored the outcome, a retry is "in progress" (409); then a replay.
@@ -273,15 +284,24 @@ async fn idempotent_push_survives_redis_outage_and_replays_without_second_push()
         }
     })
     .await?;
-    ensure!(replay.replayed, "the retry is not marked Idempotent-Replayed");
+    ensure!(
+        replay.replayed,
+        "the retry is not marked Idempotent-Replayed"
+    );
     let replay = replay.push_response()?;
     ensure!(
         replay.checkout_request_id == first.checkout_request_id,
         "replay names another payment"
     );
     ensure!(replay == first, "replay differs: {replay:?} vs {first:?}");
-    ensure!(stored(&c, &first.checkout_request_id).await?, "no record in Redis");
-    ensure!(pushes_for(&c, &phone).await? == 1, "Daraja got a second push");
+    ensure!(
+        stored(&c, &first.checkout_request_id).await?,
+        "no record in Redis"
+    );
+    ensure!(
+        pushes_for(&c, &phone).await? == 1,
+        "Daraja got a second push"
+    );
     Ok(())
 }
 
@@ -321,7 +341,10 @@ async fn claimed_key_outlives_its_push_across_crash_and_timeout() -> Result<()> 
         retry.status,
         retry.body
     );
-    ensure!(pushes_for(&c, &phone).await? == 1, "a second prompt after a crash");
+    ensure!(
+        pushes_for(&c, &phone).await? == 1,
+        "a second prompt after a crash"
+    );
 
     // A push whose answer never came (Daraja timeout): ambiguous, so remembered.
     let phone2 = sim::phone(8302, sim::MANUAL);
@@ -344,7 +367,10 @@ async fn claimed_key_outlives_its_push_across_crash_and_timeout() -> Result<()> 
         again.status,
         again.replayed
     );
-    ensure!(pushes_for(&c, &phone2).await? == 1, "a second prompt after a timeout");
+    ensure!(
+        pushes_for(&c, &phone2).await? == 1,
+        "a second prompt after a timeout"
+    );
     Ok(())
 }
 
@@ -395,7 +421,10 @@ async fn sigterm_flushes_queued_writes_or_logs_each_one() -> Result<()> {
     // The callback tokens (which carry the nonce) never reach the log.
     for url in c.sim_ctl.callback_urls_by_phone().await?.values().flatten() {
         let token = url.rsplit('/').next().unwrap_or_default();
-        ensure!(!token.is_empty() && !log.contains(token), "a callback token is logged");
+        ensure!(
+            !token.is_empty() && !log.contains(token),
+            "a callback token is logged"
+        );
     }
 
     // Redis comes back while the gateway drains: the queued writes land before exit.

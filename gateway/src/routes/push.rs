@@ -122,7 +122,11 @@ pub async fn push(
     let request_hash = push.hash();
     let record_key = match idem_key {
         None => None,
-        Some(k) => match state.idempotency.begin(&client.id, k, &request_hash).await? {
+        Some(k) => match state
+            .idempotency
+            .begin(&client.id, k, &request_hash)
+            .await?
+        {
             (Begin::New, rkey) => Some(rkey),
             (Begin::Replay { status, body }, _) => {
                 tracing::info!("idempotent replay");
