@@ -531,6 +531,36 @@ mod tests {
         assert!(v["Body"]["stkCallback"].get("CallbackMetadata").is_none());
     }
 
+    #[tokio::test]
+    async fn held_push_answers_wait_for_release_or_the_bound() {
+        let sim = Arc::new(Sim::new(SimConfig::default()).unwrap());
+        sim.wait_while_held().await; // not holding: returns at once
+        assert_eq!(sim.hold_pushes(Duration::from_secs(3600)), MAX_HOLD);
+        let waiter = tokio::spawn({
+            let sim = Arc::clone(&sim);
+            async move { sim.wait_while_held().await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sim.held_pushes() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(sim.release_pushes(), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sim.held_pushes(), 0);
+
+        // A hold ends by itself at its bound.
+        sim.hold_pushes(Duration::from_millis(50));
+        tokio::time::timeout(Duration::from_secs(5), sim.wait_while_held())
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn old_pushes_are_forgotten() {
         let sim = Sim::new(SimConfig {
