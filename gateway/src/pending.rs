@@ -173,10 +173,10 @@ impl PendingWrites {
 
     /// Queues `work` behind every earlier job; `slot` is released when it is done.
     pub fn enqueue(&self, work: Work, slot: Slot) {
+        let id = work.checkout_id().cloned();
         let mut q = self.lock();
-        if let Some(id) = work.checkout_id() {
+        if let Some(id) = &id {
             *q.unwritten.entry(id.clone()).or_default() += 1;
-            tracing::warn!(checkout_request_id = %id, queued = q.jobs.len() + 1, "redis unreachable: pending write queued");
         }
         let seq = q.next_seq;
         q.next_seq += 1;
@@ -186,7 +186,12 @@ impl PendingWrites {
             deadline: Instant::now() + self.ttl,
             _slot: slot,
         });
+        let queued = q.jobs.len();
         drop(q);
+        match &id {
+            Some(id) => tracing::warn!(checkout_request_id = %id, queued, "pending write queued"),
+            None => tracing::warn!(queued, "idempotency outcome queued"),
+        }
         self.added.notify_one();
     }
 

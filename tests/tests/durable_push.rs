@@ -452,3 +452,46 @@ async fn sigterm_flushes_queued_writes_or_logs_each_one() -> Result<()> {
     ensure!(!log.contains("NOT written"), "a write was reported lost");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pending_bound_refuses_before_contacting_daraja() -> Result<()> {
+    let c = Cluster::start_with(
+        "durable-push-bound",
+        options(&[("GATEWAY__PAYMENTS__PENDING_QUEUE_MAX", "1")], false),
+    )
+    .await?;
+    let (phone1, phone2) = (sim::phone(8501, sim::MANUAL), sim::phone(8502, sim::MANUAL));
+
+    // The one place is held by a push waiting for Daraja's answer.
+    hold_pushes(&c).await?;
+    let first = spawn_push(&c, request(&phone1, 51), None);
+    wait_held(&c, 1).await?;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        push_now(&c, request(&phone2, 52), None),
+    )
+    .await
+    .context("a push beyond the bound was not refused at once")??;
+    ensure!(
+        refused.status == 503 && refused.error_code()? == ErrorCode::ServiceUnavailable,
+        "push beyond the bound: {}: {}",
+        refused.status,
+        refused.body
+    );
+    ensure!(
+        pushes_for(&c, &phone2).await? == 0,
+        "Daraja was contacted beyond the bound"
+    );
+    ensure!(release_pushes(&c).await? == 1, "one push answer was held");
+    first.await??.push_response()?;
+
+    // The place is free again once the first push is recorded.
+    push_now(&c, request(&phone2, 52), None)
+        .await?
+        .push_response()?;
+    ensure!(
+        pushes_for(&c, &phone2).await? == 1,
+        "one push once there is room"
+    );
+    Ok(())
+}
