@@ -25,6 +25,9 @@
 //! | `POST /sim/expire-tokens` | invalidates all issued tokens: `{"expired": n}` |
 //! | `POST /sim/callbacks/resend` `{"checkout_request_id"}` | sends the callback of a final push again; answers the [`SentCallback`] |
 //! | `POST /sim/complete` `{"checkout_request_id","result_code"}` | decides a pending push now (e.g. a "manual" one) and sends its callback |
+//! | `POST /sim/hold-pushes` `{"max_ms"?}` | from now on, accepted pushes are answered only on release (at most 30 s later) |
+//! | `POST /sim/release-pushes` | answers every held push now and stops holding: `{"released": n}` |
+//! | `GET /sim/held-pushes` | `{"held": n}`: push answers being held right now |
 //!
 //! # Outcomes
 //!
@@ -196,6 +199,12 @@ impl Simulator {
                 .route("/sim/expire-tokens", web::post().to(routes::expire_tokens))
                 .route("/sim/callbacks/resend", web::post().to(routes::resend))
                 .route("/sim/complete", web::post().to(routes::complete))
+                .route("/sim/hold-pushes", web::post().to(routes::hold_pushes))
+                .route(
+                    "/sim/release-pushes",
+                    web::post().to(routes::release_pushes),
+                )
+                .route("/sim/held-pushes", web::get().to(routes::held_pushes))
                 .default_service(web::to(routes::daraja))
         })
         .workers(workers)
@@ -271,6 +280,22 @@ impl Simulator {
     /// Sends the callback of a final push again, like `POST /sim/callbacks/resend`.
     pub async fn resend_callback(&self, checkout_request_id: &str) -> Option<SentCallback> {
         self.sim.deliver(checkout_request_id).await.ok()
+    }
+
+    /// Holds accepted pushes' answers (at most `max`, and at most 30 s), like
+    /// `POST /sim/hold-pushes`.
+    pub fn hold_pushes(&self, max: Duration) {
+        self.sim.hold_pushes(max);
+    }
+
+    /// Answers every held push now, like `POST /sim/release-pushes`.
+    pub fn release_pushes(&self) -> usize {
+        self.sim.release_pushes()
+    }
+
+    /// Push answers held right now.
+    pub fn held_pushes(&self) -> usize {
+        self.sim.held_pushes()
     }
 
     /// Stops serving and cancels callbacks not yet due.

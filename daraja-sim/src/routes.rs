@@ -85,6 +85,9 @@ pub async fn daraja(sim: SimData, req: HttpRequest, payload: web::Payload) -> Ht
         status: reply.status,
         error_code: reply.error_code.clone(),
     });
+    if kind == RequestKind::StkPush && reply.status == 200 {
+        sim.wait_while_held().await;
+    }
     if matches!(kind, RequestKind::StkPush | RequestKind::StkQuery)
         && sim.config.response_delay_ms > 0
     {
@@ -326,4 +329,37 @@ pub async fn complete(sim: SimData, body: web::Bytes) -> HttpResponse {
         Ok(sent) => HttpResponse::Ok().json(sent),
         Err(e) => lookup_error(e),
     }
+}
+
+#[derive(Deserialize, Default)]
+struct HoldRequest {
+    max_ms: Option<u64>,
+}
+
+/// `POST /sim/hold-pushes` `{"max_ms"?}`: hold accepted pushes' answers until released
+/// (at most 30 s).
+pub async fn hold_pushes(sim: SimData, body: web::Bytes) -> HttpResponse {
+    let r: HoldRequest = if body.is_empty() {
+        HoldRequest::default()
+    } else {
+        match parse_control(&body) {
+            Ok(r) => r,
+            Err(resp) => return *resp,
+        }
+    };
+    let max = r
+        .max_ms
+        .map_or(crate::state::MAX_HOLD, Duration::from_millis);
+    let max = sim.hold_pushes(max);
+    HttpResponse::Ok().json(json!({ "holding": true, "max_ms": max.as_millis() as u64 }))
+}
+
+/// `POST /sim/release-pushes`: answers every held push now.
+pub async fn release_pushes(sim: SimData) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "released": sim.release_pushes() }))
+}
+
+/// `GET /sim/held-pushes`: how many push answers are held right now.
+pub async fn held_pushes(sim: SimData) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "held": sim.held_pushes() }))
 }

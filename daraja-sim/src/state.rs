@@ -22,6 +22,9 @@ use tokio::sync::watch;
 use crate::outcome::{self, Behaviour};
 use crate::{RecordedRequest, SentCallback, SimConfig};
 
+/// Longest a push answer is ever held (`POST /sim/hold-pushes`).
+pub const MAX_HOLD: Duration = Duration::from_secs(30);
+
 /// One accepted push.
 #[derive(Debug, Clone)]
 pub struct Push {
@@ -66,6 +69,11 @@ pub struct Sim {
     callbacks_total: watch::Sender<usize>,
     pub http: reqwest::Client,
     pub shutdown: watch::Sender<bool>,
+    /// While `Some(until)`, answers to accepted STK pushes are held back (the push is
+    /// already accepted and its outcome scheduled) until released or `until` passes.
+    hold: watch::Sender<Option<Instant>>,
+    /// Push answers being held right now.
+    held: std::sync::atomic::AtomicUsize,
     /// The runtime that started the simulator: outcome tasks run there, not on an
     /// actix worker that may stop first.
     rt: Option<tokio::runtime::Handle>,
@@ -95,6 +103,8 @@ impl Sim {
             callbacks_total: watch::channel(0).0,
             http,
             shutdown: watch::channel(false).0,
+            hold: watch::channel(None).0,
+            held: std::sync::atomic::AtomicUsize::new(0),
             rt: tokio::runtime::Handle::try_current().ok(),
         })
     }
@@ -187,6 +197,51 @@ impl Sim {
             .await
             .is_ok_and(|r| r.is_ok());
         reached
+    }
+
+    // ---- holding push answers ---------------------------------------------------------
+
+    /// Holds the answers of accepted STK pushes from now on, for at most `max`
+    /// ([`MAX_HOLD`] at most): the caller sees Daraja accept the push only on release.
+    pub fn hold_pushes(&self, max: Duration) -> Duration {
+        let max = max.min(MAX_HOLD);
+        self.hold.send_replace(Some(Instant::now() + max));
+        tracing::info!(max_ms = max.as_millis() as u64, "holding STK push answers");
+        max
+    }
+
+    /// Releases every held push answer and stops holding. Returns how many were held.
+    pub fn release_pushes(&self) -> usize {
+        let n = self.held.load(Ordering::SeqCst);
+        self.hold.send_replace(None);
+        tracing::info!(released = n, "STK push answers released");
+        n
+    }
+
+    /// How many push answers are being held right now.
+    pub fn held_pushes(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits while answers are held (until release, the hold's end, or shutdown).
+    pub async fn wait_while_held(&self) {
+        let mut rx = self.hold.subscribe();
+        let Some(until) = *rx.borrow_and_update() else {
+            return;
+        };
+        if until <= Instant::now() {
+            return;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|h| h.is_none()) => {}
+            () = tokio::time::sleep_until(until.into()) => {
+                tracing::warn!("push hold ended by its bound");
+            }
+            _ = shutdown.wait_for(|stopped| *stopped) => {}
+        }
+        self.held.fetch_sub(1, Ordering::SeqCst);
     }
 
     // ---- pushes -------------------------------------------------------------------
@@ -475,6 +530,36 @@ mod tests {
             "Request cancelled by user"
         );
         assert!(v["Body"]["stkCallback"].get("CallbackMetadata").is_none());
+    }
+
+    #[tokio::test]
+    async fn held_push_answers_wait_for_release_or_the_bound() {
+        let sim = Arc::new(Sim::new(SimConfig::default()).unwrap());
+        sim.wait_while_held().await; // not holding: returns at once
+        assert_eq!(sim.hold_pushes(Duration::from_secs(3600)), MAX_HOLD);
+        let waiter = tokio::spawn({
+            let sim = Arc::clone(&sim);
+            async move { sim.wait_while_held().await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sim.held_pushes() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(sim.release_pushes(), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sim.held_pushes(), 0);
+
+        // A hold ends by itself at its bound.
+        sim.hold_pushes(Duration::from_millis(50));
+        tokio::time::timeout(Duration::from_secs(5), sim.wait_while_held())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -74,6 +74,8 @@ impl TokenSettings {
 pub struct PaymentSettings {
     pub ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
+    /// Bound on pushes in flight plus pending writes queued while Redis is unreachable.
+    pub pending_queue_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +263,11 @@ impl Settings for GatewaySettings {
         if self.payments.idempotency_ttl_secs < 60 {
             return Err(ConfigError::Invalid(
                 "payments.idempotency_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.payments.pending_queue_max) {
+            return Err(ConfigError::Invalid(
+                "payments.pending_queue_max must be between 1 and 1000000".into(),
             ));
         }
         if self.ws.heartbeat_interval_ms == 0

@@ -1,11 +1,22 @@
 //! `Idempotency-Key` for `POST /v1/stk/push`, kept in Redis so any gateway node sees it.
 //!
 //! A record holds the hash of the (normalised) request and, once done, the response.
-//! The first request claims the key (`in_progress`, short TTL so a crashed node does
-//! not hold it forever); a repeat with the same body gets the stored response, with
-//! another body 409 `IDEMPOTENCY_KEY_REUSED`, and while the first is still running 409
-//! `IDEMPOTENCY_IN_PROGRESS`. A request that certainly sent no push (validation,
-//! a Daraja rejection) releases the key so it can be retried.
+//! The first request claims the key (`in_progress`); a repeat with the same body gets
+//! the stored response, with another body 409 `IDEMPOTENCY_KEY_REUSED`, and while the
+//! first is still running 409 `IDEMPOTENCY_IN_PROGRESS`. A request that certainly sent
+//! no push (validation, a Daraja rejection) releases the key so it can be retried.
+//!
+//! Money first: a claimed key never expires while its push may still be live. The
+//! in-progress TTL is at least the payment's TTL plus Daraja's request timeout (see
+//! `startup.rs`), so a retry can never prompt the buyer a second time. A gateway that
+//! crashes mid-push leaves the key `in_progress`: every retry with that key answers 409
+//! `IDEMPOTENCY_IN_PROGRESS` until the record expires; the merchant must not reuse the
+//! key for a new attempt (a new key is a new payment, and may prompt again).
+//!
+//! The outcome (or the release) is written after the push's pending record, by the
+//! push route or, while Redis is unreachable, by the pending-write queue
+//! (`crate::pending`), in order. It carries the request hash again, so a record lost
+//! with a Redis restart is re-created whole (never as a record a retry could claim).
 
 use std::time::Duration;
 
@@ -15,8 +26,6 @@ use stk_relay_shared::store::{RedisPool, StoreError};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
-/// How long a claimed key may stay `in_progress`.
-const IN_PROGRESS_TTL: Duration = Duration::from_secs(120);
 
 const BEGIN_LUA: &str = r#"
 -- KEYS[1] record; ARGV[1] request hash; ARGV[2] in-progress ttl seconds
@@ -49,6 +58,7 @@ pub struct Idempotency {
     pool: RedisPool,
     keys: Keyspace,
     ttl: Duration,
+    in_progress_ttl: Duration,
     begin: Script,
 }
 
@@ -58,11 +68,14 @@ pub fn valid_key(k: &str) -> bool {
 }
 
 impl Idempotency {
-    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration) -> Self {
+    /// `ttl`: how long a finished key is remembered. `in_progress_ttl`: how long a
+    /// claimed key lives before its outcome is stored; it must outlive the push.
+    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration, in_progress_ttl: Duration) -> Self {
         Self {
             pool,
             keys,
             ttl,
+            in_progress_ttl,
             begin: Script::new(BEGIN_LUA),
         }
     }
@@ -81,7 +94,7 @@ impl Idempotency {
             self.begin
                 .key(&rkey)
                 .arg(request_hash)
-                .arg(IN_PROGRESS_TTL.as_secs())
+                .arg(self.in_progress_ttl.as_secs().max(1))
                 .invoke_async(&mut conn),
         )
         .await
@@ -105,21 +118,29 @@ impl Idempotency {
         Ok((begin, rkey))
     }
 
-    /// Stores the response of a finished request for the full TTL.
-    pub async fn complete(&self, rkey: &str, status: u16, body: &str) -> Result<(), StoreError> {
+    /// Stores the response of a finished request for the full TTL (never shorter than
+    /// the in-progress TTL).
+    pub async fn complete(
+        &self,
+        rkey: &str,
+        request_hash: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
                 rkey,
                 &[
+                    ("hash", request_hash),
                     ("state", "done"),
                     ("status", &status.to_string()),
                     ("response", body),
                 ],
             )
             .ignore()
-            .expire(rkey, self.ttl.as_secs() as i64)
+            .expire(rkey, self.ttl.max(self.in_progress_ttl).as_secs() as i64)
             .ignore();
         tokio::time::timeout(
             self.pool.command_timeout(),
@@ -131,19 +152,15 @@ impl Idempotency {
     }
 
     /// Releases a claimed key after a request that certainly sent no push.
-    pub async fn abort(&self, rkey: &str) {
-        let r = async {
-            let mut conn = self.pool.get().await?;
-            redis::cmd("DEL")
-                .arg(rkey)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(StoreError::from)
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not release idempotency key; it expires by itself");
-        }
+    pub async fn abort(&self, rkey: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        tokio::time::timeout(
+            self.pool.command_timeout(),
+            redis::cmd("DEL").arg(rkey).query_async::<i64>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`routes`]: HTTP handlers: push, payment state, WebSocket and SSE upgrades, health.
 //! - [`auth`]: merchant API keys and browser subscribe tokens.
 //! - [`idempotency`]: `Idempotency-Key` records in Redis.
+//! - [`pending`]: the bounded background queue of pending writes Redis did not take yet.
 //! - [`feed`]: subscribe-then-read: the frames one browser connection receives.
 //! - [`ws`]: the WebSocket session loop and the browser protocol.
 //! - [`error`]: `ApiError`, mapped to HTTP in one place.
@@ -19,6 +20,8 @@ pub mod error;
 pub mod feed;
 pub mod idempotency;
 pub mod reconcile;
+
+pub mod pending;
 pub mod routes;
 pub mod startup;
 pub mod ws;

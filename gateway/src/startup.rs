@@ -9,7 +9,9 @@
 //! owns it): the handle fires → `/readyz` answers 503 and new sockets are refused →
 //! every WebSocket closes with 1001 and every SSE stream ends → the server stops
 //! accepting and drains in-flight requests, bounded by `server.shutdown_timeout_ms` →
-//! the broker is dropped.
+//! queued pending writes are flushed within what is left of that bound, and each one
+//! that could not be written is logged at error with its CheckoutRequestID → the
+//! broker is dropped.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +23,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use stk_relay_shared::broker::redis::RedisBroker;
 use stk_relay_shared::broker::Broker;
-use stk_relay_shared::config::ServerSettings;
+use stk_relay_shared::config::{RedisSettings, ServerSettings};
 use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
@@ -36,6 +38,8 @@ use crate::config::GatewaySettings;
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
 use crate::reconcile::Reconciler;
+
+use crate::pending::{self, PendingWrites};
 use crate::routes;
 
 /// Counts open WebSocket and SSE connections and caps them.
@@ -76,6 +80,8 @@ pub struct AppState {
     pub callback_tokens: CallbackTokens,
     pub shutdown: Shutdown,
     pub connections: Arc<Connections>,
+    /// Pending records (and idempotency outcomes) not yet written to Redis.
+    pub pending: PendingWrites,
 }
 
 impl AppState {
@@ -99,6 +105,7 @@ pub struct Application {
     server: Server,
     shutdown: Shutdown,
     state: web::Data<AppState>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -123,10 +130,16 @@ impl Application {
             Duration::from_secs(settings.payments.ttl_secs),
         );
         let schedule = Schedule::new(pool.clone(), keys.clone());
+
+        // A claimed key must outlive its push: the payment's TTL plus Daraja's timeout.
+        let push_lifetime = Duration::from_secs(settings.payments.ttl_secs)
+            + Duration::from_millis(settings.daraja.request_timeout_ms)
+            + Duration::from_secs(1);
         let idempotency = Idempotency::new(
             pool,
-            keys,
+            keys.clone(),
             Duration::from_secs(settings.payments.idempotency_ttl_secs),
+            push_lifetime,
         );
         let daraja = DarajaClient::new(settings.daraja.clone()).map_err(invalid)?;
         Reconciler {
@@ -151,8 +164,32 @@ impl Application {
                 max: settings.ws.max_connections,
                 idle: Notify::new(),
             }),
+            pending: PendingWrites::new(
+                settings.payments.pending_queue_max,
+                Duration::from_secs(settings.payments.ttl_secs),
+            ),
             settings: settings.clone(),
         });
+        // The background writer has a connection of its own (see `pending::WriterStores`).
+        let writer_pool = RedisPool::new(&RedisSettings {
+            pool_size: 1,
+            ..settings.redis.clone()
+        })
+        .map_err(invalid)?;
+        let writer_stores = pending::WriterStores {
+            store: PaymentStore::new(
+                writer_pool.clone(),
+                keys.clone(),
+                Duration::from_secs(settings.payments.ttl_secs),
+            ),
+            idempotency: Idempotency::new(
+                writer_pool,
+                keys.clone(),
+                Duration::from_secs(settings.payments.idempotency_ttl_secs),
+                push_lifetime,
+            ),
+        };
+        let writer = tokio::spawn(pending::run_writer(state.clone(), writer_stores));
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
@@ -191,6 +228,7 @@ impl Application {
             server: server.run(),
             shutdown,
             state,
+            writer,
         })
     }
 
@@ -209,8 +247,10 @@ impl Application {
         let shutdown = self.shutdown.clone();
         let state = self.state.clone();
         let bound = self.state.settings.server.shutdown_timeout();
+        let (deadline_tx, mut deadline_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             shutdown.wait().await;
+            let _ = deadline_tx.send(tokio::time::Instant::now() + bound);
             tracing::info!(
                 open = state.connections.current(),
                 "draining: closing sockets"
@@ -231,6 +271,19 @@ impl Application {
             handle.stop(true).await;
         });
         let r = self.server.await;
+        let deadline = deadline_rx
+            .try_recv()
+            .unwrap_or_else(|_| tokio::time::Instant::now() + bound);
+        let queued = self.state.pending.len();
+        if queued > 0 {
+            tracing::info!(queued, "flushing queued pending writes");
+        }
+        let flushed = self.state.pending.flush(deadline).await;
+        self.writer.abort();
+        if !flushed {
+            let lost = self.state.pending.abandon_all();
+            tracing::error!(lost, "shutdown: queued pending writes could not be written");
+        }
         drop(self.state);
         tracing::info!("stopped");
         r

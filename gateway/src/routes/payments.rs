@@ -47,6 +47,10 @@ fn authorize(
         &state.subscribe_tokens,
         allow_api_key.then_some(&state.api_keys),
     )?;
+    if state.pending.is_queued(&id) {
+        // Accepted by Daraja, record not yet in Redis: the browser retries.
+        return Err(ApiError::Unavailable("pending write queued".into()));
+    }
     Ok(id)
 }
 

@@ -1,7 +1,13 @@
 //! `POST /v1/stk/push`: the merchant's backend asks for an STK push.
 //!
-//! Flow: API key → body (bounded, JSON, typed) → Idempotency-Key → callback token →
-//! Daraja STK Push → PENDING record in Redis → subscribe token for the browser.
+//! Flow: API key → body (bounded, JSON, typed) → a place in the pending-write bound →
+//! Idempotency-Key → callback token → Daraja STK Push → PENDING record in Redis (or, if
+//! Redis does not answer within a short budget, in the background queue of
+//! `crate::pending`) → subscribe token for the browser → the key's outcome.
+//!
+//! Once Daraja accepted a push the merchant always gets its ids and token (200), except
+//! on a CheckoutRequestID collision (502, logged at error). `pending::on_recorded` runs
+//! after the pending record is written, here or in the background writer.
 
 use std::time::Duration;
 
@@ -15,16 +21,18 @@ use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
 use stk_relay_shared::payment::{PaymentState, StateHead};
-use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome};
+use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome, StoreError};
 
 use crate::auth::require_api_key;
 use crate::error::ApiError;
 use crate::idempotency::{valid_key, Begin};
+use crate::pending::{on_recorded, IdemAction, PendingWrite, Slot, Work};
 use crate::routes::read_body;
 use crate::startup::AppState;
 
-/// How long the pending write may keep retrying while Redis is unreachable.
-const RECORD_RETRY_BUDGET: Duration = Duration::from_secs(2);
+/// How long the push route itself retries a write while Redis is unreachable, before
+/// it hands the write to the background queue (`crate::pending`) and answers.
+const INLINE_WRITE_BUDGET: Duration = Duration::from_secs(1);
 
 /// A push request after validation.
 struct ValidPush {
@@ -98,16 +106,27 @@ pub async fn push(
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = ValidPush::parse(&body)?;
 
-    // A prompt must never be sent for a payment that cannot be recorded: without Redis
-    // the browser could not learn the result. (With an Idempotency-Key the claim below
-    // already needs Redis.)
+    // A prompt must never be sent that could not be recorded: the push takes its place in
+    // the pending-write bound before Daraja is contacted, and is refused if there is none.
+    let slot = state.pending.reserve().ok_or_else(|| {
+        tracing::warn!("pending-write bound reached; push refused before contacting Daraja");
+        ApiError::Unavailable("pending-write queue full".into())
+    })?;
+    // While Redis is down no push starts: the browser could not follow it. A Redis that
+    // fails after this check is covered by the pending-write queue. (With an
+    // Idempotency-Key the claim below already needs Redis.)
     if idem_key.is_none() {
         state.store.pool().ping().await?;
     }
 
+    let request_hash = push.hash();
     let record_key = match idem_key {
         None => None,
-        Some(k) => match state.idempotency.begin(&client.id, k, &push.hash()).await? {
+        Some(k) => match state
+            .idempotency
+            .begin(&client.id, k, &request_hash)
+            .await?
+        {
             (Begin::New, rkey) => Some(rkey),
             (Begin::Replay { status, body }, _) => {
                 tracing::info!("idempotent replay");
@@ -124,32 +143,116 @@ pub async fn push(
 
     let result = initiate(&state, push).await;
 
-    if let Some(rkey) = record_key {
-        let stored = match &result {
-            Ok(resp) => Some((200, serde_json::to_string(resp))),
-            // The push may be live at Daraja: a retry with this key must not push again,
-            // so the error is remembered and replayed.
-            Err(f) if f.may_have_pushed => Some((
-                f.error.code().http_status(),
-                serde_json::to_string(&f.error.body()),
-            )),
-            // Certainly no push was sent: release the key so the request can be retried.
-            Err(_) => None,
-        };
-        match stored {
-            Some((status, Ok(body))) => {
-                if let Err(e) = state.idempotency.complete(&rkey, status, &body).await {
-                    tracing::warn!(error = %e, "could not store idempotent response; the key expires by itself");
-                }
-            }
-            Some((_, Err(e))) => return Err(ApiError::Internal(e.to_string())),
-            None => state.idempotency.abort(&rkey).await,
+    let idem = record_key.and_then(|rkey| idem_action(rkey, request_hash, &result));
+    match result {
+        Ok(Accepted {
+            response,
+            unwritten: Some(write),
+        }) => {
+            // Redis did not answer: the pending record, then the key, are written in the
+            // background. The merchant gets the ids and the token now.
+            state.pending.enqueue(
+                Work {
+                    write: Some(write),
+                    idem,
+                },
+                slot,
+            );
+            Ok(HttpResponse::Ok().json(response))
+        }
+        Ok(Accepted {
+            response,
+            unwritten: None,
+        }) => {
+            finish_idem(&state, idem, slot).await;
+            Ok(HttpResponse::Ok().json(response))
+        }
+        Err(f) => {
+            finish_idem(&state, idem, slot).await;
+            Err(f.error)
         }
     }
-    match result {
-        Ok(resp) => Ok(HttpResponse::Ok().json(resp)),
-        Err(f) => Err(f.error),
+}
+
+/// What the key's record must become after this push.
+fn idem_action(
+    rkey: String,
+    request_hash: String,
+    result: &Result<Accepted, Failed>,
+) -> Option<IdemAction> {
+    let stored = match result {
+        Ok(a) => (200, serde_json::to_string(&a.response)),
+        // The push may be live at Daraja: a retry with this key must not push again,
+        // so the error is remembered and replayed.
+        Err(f) if f.may_have_pushed => (
+            f.error.code().http_status(),
+            serde_json::to_string(&f.error.body()),
+        ),
+        // Certainly no push was sent: release the key so the request can be retried.
+        Err(_) => return Some(IdemAction::Abort { rkey }),
+    };
+    match stored {
+        (status, Ok(body)) => Some(IdemAction::Complete {
+            rkey,
+            request_hash,
+            status,
+            body,
+        }),
+        (_, Err(e)) => {
+            // Left in progress: it outlives the push, so a retry gets 409, never a prompt.
+            tracing::error!(error = %e, idempotency_record = %rkey, "could not encode the idempotent response");
+            None
+        }
     }
+}
+
+/// Writes the key's outcome now, or queues it (behind earlier queued writes, or when
+/// Redis does not answer). `slot` is released when it is done.
+async fn finish_idem(state: &AppState, idem: Option<IdemAction>, slot: Slot) {
+    let Some(idem) = idem else { return };
+    if !state.pending.is_busy() {
+        let r = retry_while_unavailable(INLINE_WRITE_BUDGET, "idempotency outcome", || async {
+            match &idem {
+                IdemAction::Complete {
+                    rkey,
+                    request_hash,
+                    status,
+                    body,
+                } => {
+                    state
+                        .idempotency
+                        .complete(rkey, request_hash, *status, body)
+                        .await
+                }
+                IdemAction::Abort { rkey } => state.idempotency.abort(rkey).await,
+            }
+        })
+        .await;
+        match r {
+            Ok(()) => return,
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {
+                tracing::warn!(error = %e, "idempotency outcome queued");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store the idempotency outcome");
+                return;
+            }
+        }
+    }
+    state.pending.enqueue(
+        Work {
+            write: None,
+            idem: Some(idem),
+        },
+        slot,
+    );
+}
+
+/// A push that Daraja accepted. `unwritten` is its pending record when Redis did not
+/// answer in time: the caller queues it.
+struct Accepted {
+    response: PushResponse,
+    unwritten: Option<PendingWrite>,
 }
 
 /// A push that failed, and whether a prompt may nevertheless be live at Daraja.
@@ -174,7 +277,7 @@ impl Failed {
     }
 }
 
-async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Failed> {
+async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed> {
     let cb = state.callback_tokens.issue();
     let callback_url = format!(
         "{}/v1/callbacks/stk/{}",
@@ -217,37 +320,29 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
     tracing::Span::current().record("checkout_request_id", checkout.as_str());
 
     let now = Utc::now();
-    let pending = PaymentState::pending(
-        checkout.clone(),
-        merchant.clone(),
-        push.amount.get(),
-        push.phone.masked(),
-        now,
-    );
-    let phone_digest = state.callback_tokens.phone_digest(&push.phone);
-    let status = match record_with_retry(state, &pending, &cb.nonce, &phone_digest)
-        .await
-        .map_err(Failed::after_push)?
-    {
-        RecordOutcome::Pending(_) => {
-            tracing::info!("payment pending");
-            state.schedule_reconcile(&checkout, now).await;
-            "PENDING".to_owned()
+    let write = PendingWrite {
+        state: PaymentState::pending(
+            checkout.clone(),
+            merchant.clone(),
+            push.amount.get(),
+            push.phone.masked(),
+            now,
+        ),
+        nonce: cb.nonce,
+        phone_digest: state.callback_tokens.phone_digest(&push.phone),
+    };
+    let (status, unwritten) = match record_inline(state, &write).await {
+        Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {
+            tracing::warn!(checkout_request_id = %checkout, error = %e, "push accepted by Daraja; pending write goes to the background queue");
+            ("PENDING".to_owned(), Some(write))
         }
-        RecordOutcome::AppliedEarly(state_json) => {
-            tracing::info!("callback had already arrived; payment final and published");
-            status_of(&state_json)
+        Err(e) => {
+            tracing::error!(checkout_request_id = %checkout, error = %e, "push accepted by Daraja but not recorded");
+            return Err(Failed::after_push(e.into()));
         }
-        RecordOutcome::PendingMismatch { fields, .. } => {
-            tracing::warn!(mismatch = %fields, "an early callback did not match this push; payment pending, handed to reconciliation");
-            "PENDING".to_owned()
-        }
-        RecordOutcome::PendingConfirmation(_) => {
-            tracing::info!("an early success callback awaits confirmation by STK Push Query");
-            "PENDING".to_owned()
-        }
-        RecordOutcome::Collision => {
+        Ok(RecordOutcome::Collision) => {
             tracing::error!(
+                checkout_request_id = %checkout,
                 "CheckoutRequestID collision: a record bound to another push exists; left as is"
             );
             return Err(Failed::after_push(ApiError::Daraja {
@@ -256,36 +351,43 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<PushResponse, Fai
                     .into(),
             }));
         }
-        RecordOutcome::AlreadyExists(state_json) => {
-            tracing::warn!("a record for this CheckoutRequestID already existed; left as is");
-            status_of(&state_json)
+        Ok(outcome) => {
+            on_recorded(state, &state.store, &checkout, now, &outcome).await;
+            let status = match &outcome {
+                RecordOutcome::AppliedEarly(s) | RecordOutcome::AlreadyExists(s) => status_of(s),
+                _ => "PENDING".to_owned(),
+            };
+            (status, None)
         }
     };
     let expires = now + chrono::Duration::seconds(state.settings.tokens.subscribe_ttl_secs as i64);
-    Ok(PushResponse {
-        checkout_request_id: checkout.as_str().to_owned(),
-        merchant_request_id: merchant.as_str().to_owned(),
-        status,
-        customer_message: resp.customer_message,
-        token: state.subscribe_tokens.issue(&checkout, expires),
-        expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    Ok(Accepted {
+        response: PushResponse {
+            checkout_request_id: checkout.as_str().to_owned(),
+            merchant_request_id: merchant.as_str().to_owned(),
+            status,
+            customer_message: resp.customer_message,
+            token: state.subscribe_tokens.issue(&checkout, expires),
+            expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        },
+        unwritten,
     })
 }
 
-async fn record_with_retry(
-    state: &AppState,
-    pending: &PaymentState,
-    nonce: &str,
-    phone_digest: &str,
-) -> Result<RecordOutcome, ApiError> {
-    retry_while_unavailable(RECORD_RETRY_BUDGET, "pending write", || {
-        state.store.record_pending(pending, nonce, phone_digest)
+/// The pending write, tried inline for a short budget. Skipped (reported unavailable)
+/// while earlier writes are queued, so that writes land in the order of acceptance.
+async fn record_inline(state: &AppState, w: &PendingWrite) -> Result<RecordOutcome, StoreError> {
+    if state.pending.is_busy() {
+        return Err(StoreError::Unavailable(
+            "earlier pending writes are still queued".into(),
+        ));
+    }
+    retry_while_unavailable(INLINE_WRITE_BUDGET, "pending write", || {
+        state
+            .store
+            .record_pending(&w.state, &w.nonce, &w.phone_digest)
     })
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "push accepted by Daraja but not recorded");
-        e.into()
-    })
 }
 
 /// The `status` of a stored STATE JSON, `PENDING` if it cannot be read.
