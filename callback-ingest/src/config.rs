@@ -21,6 +21,7 @@ pub struct IngestSettings {
     pub tokens: TokenSettings,
     pub callbacks: CallbackSettings,
     pub payments: PaymentSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,23 @@ pub struct TokenSettings {
 pub struct CallbackSettings {
     pub max_body_bytes: usize,
     pub redis_retry_budget_ms: u64,
+    /// Directory of the local spool (`crate::spool`); empty = no spool.
+    pub spool_dir: String,
+    /// Bound on the spool's size on disk, in bytes.
+    pub spool_max_bytes: u64,
+    /// Source networks (CIDR blocks) allowed to post callbacks; empty = any source.
+    pub allowed_sources: Vec<String>,
+}
+
+/// Per-source limits on refused requests (`crate::limits`). Per node.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Refused requests a source may make in a row; 0 turns the limit off.
+    pub refused_burst: u32,
+    /// Refused requests per minute a source regains, up to `refused_burst`.
+    pub refused_per_minute: u32,
+    /// Most sources tracked at once (idle ones are evicted first).
+    pub max_sources: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +60,8 @@ pub struct PaymentSettings {
 impl Settings for IngestSettings {
     const DEFAULTS: &'static str = DEFAULTS;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] = &["server.trusted_proxies"];
+    const LIST_KEYS: &'static [&'static str] =
+        &["server.trusted_proxies", "callbacks.allowed_sources"];
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
@@ -60,6 +79,28 @@ impl Settings for IngestSettings {
                     .into(),
             ));
         }
+        check_cidrs("callbacks.allowed_sources", &self.callbacks.allowed_sources)?;
+        if !self.callbacks.spool_dir.is_empty() {
+            let min = self.callbacks.max_body_bytes as u64 + 4096;
+            if self.callbacks.spool_max_bytes < min {
+                return Err(ConfigError::Invalid(format!(
+                    "callbacks.spool_max_bytes must be at least {min} (callbacks.max_body_bytes + 4096), so that one callback fits"
+                )));
+            }
+        }
+        if self.limits.refused_burst > 0 {
+            if self.limits.refused_per_minute == 0 {
+                return Err(ConfigError::Invalid(
+                    "limits.refused_per_minute must be positive when limits.refused_burst is set"
+                        .into(),
+                ));
+            }
+            if !(1..=1_000_000).contains(&self.limits.max_sources) {
+                return Err(ConfigError::Invalid(
+                    "limits.max_sources must be between 1 and 1000000".into(),
+                ));
+            }
+        }
         if self.payments.ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "payments.ttl_secs must be positive".into(),
@@ -69,8 +110,24 @@ impl Settings for IngestSettings {
     }
 }
 
+fn check_cidrs(key: &str, list: &[String]) -> Result<(), ConfigError> {
+    stk_relay_shared::net::parse_cidrs(list)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
+}
+
 impl IngestSettings {
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.callbacks.redis_retry_budget_ms)
+    }
+
+    /// The spool directory, if the spool is on.
+    pub fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        (!self.callbacks.spool_dir.is_empty()).then(|| self.callbacks.spool_dir.clone().into())
+    }
+
+    /// The parsed `callbacks.allowed_sources` (checked by `validate`); empty = any source.
+    pub fn allowed_sources(&self) -> Vec<stk_relay_shared::net::Cidr> {
+        stk_relay_shared::net::parse_cidrs(&self.callbacks.allowed_sources).unwrap_or_default()
     }
 }

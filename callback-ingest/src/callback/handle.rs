@@ -1,0 +1,101 @@
+//! One callback, from its raw token and body to the store: the single path that both the
+//! HTTP route and the spool's replay take.
+//!
+//! [`process`] checks the token, parses the body and applies the outcome through the
+//! store's script, with the bounded retry while Redis is unreachable. It is given the
+//! time the callback was received: for a live callback that is now, for a replayed one
+//! the time it was spooled, so that whatever is judged by time (a token's age) is judged
+//! as of the callback's arrival, never as of its replay.
+
+use chrono::{DateTime, Utc};
+use stk_relay_shared::daraja::callback::parse_callback;
+use stk_relay_shared::ids::CheckoutRequestId;
+use stk_relay_shared::store::{ApplyOutcome, StoreError};
+
+use crate::callback::{apply::apply_with_retry, validate::check_token};
+use crate::error::IngestError;
+use crate::startup::AppState;
+
+/// A callback that went through: its payment and what the store made of it.
+#[derive(Debug)]
+pub struct Processed {
+    pub checkout_request_id: CheckoutRequestId,
+    pub outcome: ApplyOutcome,
+}
+
+/// Checks, parses and applies one callback received at `received_at`.
+///
+/// Records `checkout_request_id` and `result_code` on the current span. Errors:
+/// `Forbidden` (bad token, or a token of another payment), `Malformed` (the body),
+/// `Unavailable` (Redis did not answer within `callbacks.redis_retry_budget_ms`: the
+/// callback was checked and parsed, and may be spooled), `Internal` (Redis answered
+/// unexpectedly).
+pub async fn process(
+    state: &AppState,
+    token: &str,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<Processed, IngestError> {
+    // The token's age will be judged at `received_at` here (issue #6 §4).
+    let _ = received_at;
+    let nonce = check_token(&state.callback_tokens, token)?;
+    let callback = parse_callback(body).map_err(|e| {
+        tracing::warn!(error = %e, "callback rejected: malformed");
+        IngestError::Malformed(e)
+    })?;
+    let span = tracing::Span::current();
+    span.record("checkout_request_id", callback.checkout_request_id.as_str());
+    span.record(
+        "result_code",
+        tracing::field::display(&callback.result_code),
+    );
+
+    let outcome = apply_with_retry(
+        &state.store,
+        &callback,
+        nonce,
+        state.settings.retry_budget(),
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Unavailable(_) | StoreError::Timeout => IngestError::Unavailable(e.to_string()),
+        StoreError::Protocol(_) => IngestError::Internal(e.to_string()),
+    })?;
+    let id = callback.checkout_request_id.as_str();
+    match &outcome {
+        ApplyOutcome::Applied { .. } => {
+            tracing::info!(checkout_request_id = id, "payment final; published")
+        }
+        ApplyOutcome::Corrected { .. } => tracing::warn!(
+            checkout_request_id = id,
+            "genuine callback after the payment was closed as UNCONFIRMED; recorded as a correction (version 3)"
+        ),
+        ApplyOutcome::Mismatch { fields } => tracing::warn!(
+            checkout_request_id = id,
+            mismatch = %fields,
+            "callback does not match its push; not applied, handed to reconciliation"
+        ),
+        ApplyOutcome::Duplicate => tracing::info!(
+            checkout_request_id = id,
+            "duplicate callback acknowledged; nothing published"
+        ),
+        ApplyOutcome::Early => tracing::info!(
+            checkout_request_id = id,
+            "callback arrived before the pending record; kept for it"
+        ),
+        ApplyOutcome::NotFound => {
+            tracing::warn!(checkout_request_id = id, "callback for an unknown payment")
+        }
+        ApplyOutcome::Forbidden => {
+            tracing::warn!(
+                checkout_request_id = id,
+                "callback rejected: token belongs to another payment"
+            );
+            return Err(IngestError::Forbidden);
+        }
+    }
+    Ok(Processed {
+        checkout_request_id: callback.checkout_request_id,
+        outcome,
+    })
+}
