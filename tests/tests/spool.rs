@@ -193,6 +193,7 @@ async fn outage(name: &str, base: u32, kill_ingests: bool) -> Result<()> {
         }
         for i in 0..2 {
             c.respawn_ingest(i, &[]).await?;
+            // Ready at once on the spool it found on disk, with every callback still in it.
             let (status, body) = c.readyz_json(c.ingest(i).url()).await?;
             ensure!(
                 status == 200 && body["status"] == "spooling" && body["spooled"] == MANY / 2,
@@ -210,6 +211,14 @@ async fn outage(name: &str, base: u32, kill_ingests: bool) -> Result<()> {
     );
     c.redis.restart().await?;
     let up_at = Instant::now();
+    for i in 0..2 {
+        wait::until(&format!("ingest{i} spool drained"), STEP * 3, || async {
+            let (status, body) = c.readyz_json(c.ingest(i).url()).await?;
+            Ok((status == 200 && body["status"] == "ready" && body["spooled"] == 0).then_some(()))
+        })
+        .await?;
+    }
+    let drained = up_at.elapsed();
 
     let pushed_at: HashMap<u32, Instant> = pushes.iter().map(|(i, _, t)| (*i, *t)).collect();
     let by_index: HashMap<u32, &PushResponse> = pushes.iter().map(|(i, p, _)| (*i, p)).collect();
@@ -232,17 +241,10 @@ async fn outage(name: &str, base: u32, kill_ingests: bool) -> Result<()> {
         delivered += 1;
     }
     ensure!(delivered == MANY, "{delivered} of {MANY} delivered");
-    for i in 0..2 {
-        wait::until(&format!("ingest{i} spool drained"), STEP, || async {
-            let (status, body) = c.readyz_json(c.ingest(i).url()).await?;
-            Ok((status == 200 && body["status"] == "ready" && body["spooled"] == 0).then_some(()))
-        })
-        .await?;
-    }
     eprintln!(
         "e2e {name}: payments {MANY}, lost 0, duplicates 0; all acknowledged {acked_by:?} after Redis went down; \
-         last result {:?} after Redis came back; longest PENDING {longest_pending:?} from push \
-         ({longest_after_callback:?} from its callback)",
+         spools drained {drained:?} after Redis came back; last browser result {:?} after Redis came back; \
+         longest PENDING {longest_pending:?} from push ({longest_after_callback:?} from its callback)",
         last_done - up_at
     );
     Ok(())

@@ -4,12 +4,19 @@
 //! 200 "ready"; Redis does not answer → 503, unless a spool with room is configured:
 //! then 200 "spooling", so that a load balancer keeps sending callbacks, which are
 //! acknowledged from the spool. With a spool, the body also carries `spooled`, the
-//! number of callbacks acknowledged and not yet applied.
+//! number of callbacks acknowledged and not yet applied, and the PING is bounded to
+//! 1 s (a slow Redis only means "spooling"), so that the probe answers in time.
+
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
+use stk_relay_shared::store::StoreError;
 
 use crate::startup::AppState;
+
+/// With a spool, how long readiness waits for Redis's PING before it answers "spooling".
+const SPOOLING_PING_BOUND: Duration = Duration::from_millis(1000);
 
 /// 200 while the process is alive.
 pub async fn healthz() -> HttpResponse {
@@ -31,7 +38,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({"status": "spool full", "spooled": st.pending}));
     }
-    match (state.store.pool().ping().await, spool) {
+    let ping = state.store.pool().ping();
+    let ping = match spool {
+        // With a spool, a slow Redis only means "spooling": answer within a probe's timeout.
+        Some(_) => tokio::time::timeout(SPOOLING_PING_BOUND, ping)
+            .await
+            .unwrap_or(Err(StoreError::Timeout)),
+        None => ping.await,
+    };
+    match (ping, spool) {
         (Ok(()), None) => HttpResponse::Ok().json(json!({"status": "ready"})),
         (Ok(()), Some(st)) => {
             HttpResponse::Ok().json(json!({"status": "ready", "spooled": st.pending}))
