@@ -22,6 +22,8 @@ pub enum IngestError {
     Malformed(#[from] CallbackError),
     #[error("redis unavailable")]
     Unavailable(String),
+    #[error("redis refused the write")]
+    RedisRefused(String),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed")]
@@ -39,7 +41,7 @@ impl IngestError {
             Self::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::Malformed(CallbackError::TooLarge { .. }) => ErrorCode::PayloadTooLarge,
             Self::Malformed(_) => ErrorCode::MalformedRequest,
-            Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::Unavailable(_) | Self::RedisRefused(_) => ErrorCode::ServiceUnavailable,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Internal(_) => ErrorCode::Internal,
@@ -56,6 +58,10 @@ impl ResponseError for IngestError {
         let message = match self {
             Self::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "callback not stored: redis unavailable");
+                "temporarily unavailable; retry later".to_owned()
+            }
+            Self::RedisRefused(cause) => {
+                tracing::error!(cause = %cause, "callback not stored: redis answered with an error");
                 "temporarily unavailable; retry later".to_owned()
             }
             Self::SpoolFull(cause) => {

@@ -122,10 +122,7 @@ impl RefusalLimiter {
         if table.len() < before {
             return;
         }
-        let oldest = table
-            .iter()
-            .min_by_key(|(_, b)| b.updated)
-            .map(|(k, _)| *k);
+        let oldest = table.iter().min_by_key(|(_, b)| b.updated).map(|(k, _)| *k);
         if let Some(k) = oldest {
             table.remove(&k);
         }

@@ -348,16 +348,7 @@ impl Spool {
             }
             let limit = seg.len;
             match read_record(&self.dir.join(segment_name(seq)), offset, limit)? {
-                Some((record, next)) => {
-                    return Ok(Some((
-                        Position {
-                            seq,
-                            offset,
-                            next,
-                        },
-                        record,
-                    )))
-                }
+                Some((record, next)) => return Ok(Some((Position { seq, offset, next }, record))),
                 None => {
                     tracing::warn!(
                         segment = seq,
@@ -381,7 +372,10 @@ impl Spool {
         }
         inner.cursor = (pos.seq, pos.next);
         inner.pending = inner.pending.saturating_sub(1);
-        let finished = inner.segments.get(&pos.seq).is_some_and(|s| pos.next >= s.len);
+        let finished = inner
+            .segments
+            .get(&pos.seq)
+            .is_some_and(|s| pos.next >= s.len);
         if finished {
             self.retire(&mut inner, pos.seq);
         }
@@ -453,7 +447,11 @@ pub async fn replay(state: web::Data<AppState>, spool: Arc<Spool>) {
                 tracing::info!(parent: &span, "spooled callback applied");
                 backoff = Duration::from_millis(100);
             }
-            Err(e @ (IngestError::Unavailable(_) | IngestError::Internal(_))) => {
+            Err(
+                e @ (IngestError::Unavailable(_)
+                | IngestError::RedisRefused(_)
+                | IngestError::Internal(_)),
+            ) => {
                 tracing::warn!(parent: &span, error = %e, pending = spool.status().pending, "spool replay waits for redis");
                 pause(&shutdown, backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -486,7 +484,9 @@ fn segment_name(seq: u64) -> String {
 }
 
 fn segment_seq(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -534,7 +534,7 @@ fn header_len(header: &[u8]) -> Option<(usize, [u8; 8])> {
         return None;
     }
     let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
-    if len < 12 || len > MAX_PAYLOAD {
+    if !(12..=MAX_PAYLOAD).contains(&len) {
         return None;
     }
     let sum: [u8; 8] = header[8..16].try_into().ok()?;
@@ -686,7 +686,11 @@ mod tests {
         let got = drain(&spool);
         assert_eq!(got, (0..50).map(rec).collect::<Vec<_>>());
         let st = spool.status();
-        assert_eq!((st.pending, st.bytes), (0, 0), "applied segments are deleted");
+        assert_eq!(
+            (st.pending, st.bytes),
+            (0, 0),
+            "applied segments are deleted"
+        );
         // Appending after catching up works, into a new segment.
         spool.append(&rec(99)).unwrap();
         assert_eq!(drain(&spool), vec![rec(99)]);

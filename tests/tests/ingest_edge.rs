@@ -161,7 +161,14 @@ async fn allowlist_refuses_before_the_body_and_reads_forwarded_for_only_from_tru
     )?;
     // From a trusted proxy, the right-most untrusted hop counts, not the left-most.
     expect_code(
-        post_from(&c, 0, &path, &body, Some(&format!("{DARAJA_IP}, 203.0.113.9"))).await?,
+        post_from(
+            &c,
+            0,
+            &path,
+            &body,
+            Some(&format!("{DARAJA_IP}, 203.0.113.9")),
+        )
+        .await?,
         403,
         ErrorCode::Forbidden,
         "a client that wrote Daraja's address before its own",
@@ -217,9 +224,15 @@ async fn refused_requests_are_rate_limited_per_source_and_valid_callbacks_never(
     let c = Cluster::start_with("ingest_rate_limit", opts).await?;
     let mut pushes = Vec::new();
     for i in 0..13 {
-        pushes.push(c.push(0, &sim::phone(31_000 + i, sim::MANUAL), 20 + i).await?);
+        pushes.push(
+            c.push(0, &sim::phone(31_000 + i, sim::MANUAL), 20 + i)
+                .await?,
+        );
     }
-    let ids: Vec<&str> = pushes.iter().map(|p| p.checkout_request_id.as_str()).collect();
+    let ids: Vec<&str> = pushes
+        .iter()
+        .map(|p| p.checkout_request_id.as_str())
+        .collect();
     let paths = c.callback_paths_for(&ids).await?;
     let valid = |i: usize| -> Result<(String, Value)> {
         let p = &pushes[i];

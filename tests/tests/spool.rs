@@ -163,9 +163,13 @@ async fn outage(name: &str, base: u32, kill_ingests: bool) -> Result<()> {
             async move {
                 let body = success_body(c, p, *i)?;
                 let sent = Instant::now();
-                c.deliver_callback((i % 2) as usize, &paths[p.checkout_request_id.as_str()], &body)
-                    .await
-                    .with_context(|| format!("callback {i} while Redis is down"))?;
+                c.deliver_callback(
+                    (i % 2) as usize,
+                    &paths[p.checkout_request_id.as_str()],
+                    &body,
+                )
+                .await
+                .with_context(|| format!("callback {i} while Redis is down"))?;
                 Ok::<_, anyhow::Error>((*i, sent))
             }
         })
@@ -287,9 +291,15 @@ async fn full_spool_answers_503_and_readyz_says_why() -> Result<()> {
     let mut c = Cluster::start_with("spool_full", opts).await?;
     let mut pushes = Vec::new();
     for i in 0..16 {
-        pushes.push(c.push(0, &sim::phone(22_000 + i, sim::MANUAL), 10 + i).await?);
+        pushes.push(
+            c.push(0, &sim::phone(22_000 + i, sim::MANUAL), 10 + i)
+                .await?,
+        );
     }
-    let ids: Vec<&str> = pushes.iter().map(|p| p.checkout_request_id.as_str()).collect();
+    let ids: Vec<&str> = pushes
+        .iter()
+        .map(|p| p.checkout_request_id.as_str())
+        .collect();
     let paths = c.callback_paths_for(&ids).await?;
 
     c.redis.kill().await?;
@@ -302,7 +312,11 @@ async fn full_spool_answers_503_and_readyz_says_why() -> Result<()> {
     );
     let p0 = &pushes[0];
     let resp = c
-        .post_callback(1, &paths[&p0.checkout_request_id], &success_body(&c, p0, 0)?)
+        .post_callback(
+            1,
+            &paths[&p0.checkout_request_id],
+            &success_body(&c, p0, 0)?,
+        )
         .await?;
     let (status, text) = (resp.status().as_u16(), resp.text().await?);
     ensure!(status == 503, "no spool, Redis down: {status}: {text}");
@@ -314,13 +328,18 @@ async fn full_spool_answers_503_and_readyz_says_why() -> Result<()> {
     let mut refused = None;
     for (i, p) in pushes.iter().enumerate() {
         let resp = c
-            .post_callback(0, &paths[&p.checkout_request_id], &success_body(&c, p, i as u32)?)
+            .post_callback(
+                0,
+                &paths[&p.checkout_request_id],
+                &success_body(&c, p, i as u32)?,
+            )
             .await?;
         let (status, text) = (resp.status().as_u16(), resp.text().await?);
         match status {
             200 => spooled.push(i),
             503 => {
-                let err: ErrorResponse = serde_json::from_str(&text).with_context(|| text.clone())?;
+                let err: ErrorResponse =
+                    serde_json::from_str(&text).with_context(|| text.clone())?;
                 ensure!(err.error.code == ErrorCode::ServiceUnavailable, "{err:?}");
                 ensure!(err.error.message.contains("spool full"), "{text}");
                 refused = Some(i);
@@ -359,6 +378,11 @@ async fn full_spool_answers_503_and_readyz_says_why() -> Result<()> {
     c.deliver_callback(0, &paths[id], &success_body(&c, p, refused as u32)?)
         .await?;
     let s = c.payment_state(0, id, &p.token).await?;
-    expect::success(&s, id, 10 + refused as u32, &daraja::receipt(refused as u32))?;
+    expect::success(
+        &s,
+        id,
+        10 + refused as u32,
+        &daraja::receipt(refused as u32),
+    )?;
     Ok(())
 }

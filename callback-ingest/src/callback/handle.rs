@@ -28,8 +28,8 @@ pub struct Processed {
 /// Records `checkout_request_id` and `result_code` on the current span. Errors:
 /// `Forbidden` (bad token, or a token of another payment), `Malformed` (the body),
 /// `Unavailable` (Redis did not answer within `callbacks.redis_retry_budget_ms`: the
-/// callback was checked and parsed, and may be spooled), `Internal` (Redis answered
-/// unexpectedly).
+/// callback was checked and parsed, and may be spooled), `RedisRefused` (Redis answered
+/// with an error, e.g. out of memory).
 pub async fn process(
     state: &AppState,
     token: &str,
@@ -59,7 +59,7 @@ pub async fn process(
     .await
     .map_err(|e| match e {
         StoreError::Unavailable(_) | StoreError::Timeout => IngestError::Unavailable(e.to_string()),
-        StoreError::Protocol(_) => IngestError::Internal(e.to_string()),
+        StoreError::Protocol(_) => IngestError::RedisRefused(e.to_string()),
     })?;
     let id = callback.checkout_request_id.as_str();
     match &outcome {
