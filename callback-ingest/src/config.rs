@@ -131,3 +131,38 @@ impl IngestSettings {
         stk_relay_shared::net::parse_cidrs(&self.callbacks.allowed_sources).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<IngestSettings, ConfigError> {
+        let base = "[tokens]\ncallback_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        IngestSettings::load_with(None, Some(&format!("{base}{extra}")))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_leave_spool_and_allowlist_off() {
+        let s = load("").unwrap();
+        assert!(s.spool_dir().is_none());
+        assert!(s.allowed_sources().is_empty());
+        assert_eq!(s.limits.refused_burst, 20);
+    }
+
+    #[test]
+    fn new_keys_are_validated() {
+        let s =
+            load("[callbacks]\nallowed_sources = [\"196.201.212.0/22\", \"10.0.0.1\"]\n").unwrap();
+        assert_eq!(s.allowed_sources().len(), 2);
+        for bad in [
+            "[callbacks]\nallowed_sources = [\"196.201.212.0/33\"]\n",
+            "[callbacks]\nspool_dir = \"/tmp/x\"\nspool_max_bytes = 4096\n",
+            "[limits]\nrefused_burst = 5\nrefused_per_minute = 0\n",
+            "[limits]\nmax_sources = 0\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
+        // Without a spool, its size is not checked.
+        assert!(load("[callbacks]\nspool_max_bytes = 1\n").is_ok());
+    }
+}
