@@ -10,12 +10,20 @@ use stk_relay_shared::daraja::callback::CallbackError;
 pub enum IngestError {
     #[error("callback token is not valid for this payment")]
     Forbidden,
+    #[error("callbacks are not accepted from this source")]
+    SourceRefused,
+    #[error("too many refused requests from this source; retry later")]
+    RateLimited,
+    #[error("spool full")]
+    SpoolFull(String),
     #[error("body exceeds {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
     Malformed(#[from] CallbackError),
     #[error("redis unavailable")]
     Unavailable(String),
+    #[error("redis refused the write")]
+    RedisRefused(String),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed")]
@@ -27,11 +35,13 @@ pub enum IngestError {
 impl IngestError {
     fn code(&self) -> ErrorCode {
         match self {
-            Self::Forbidden => ErrorCode::Forbidden,
+            Self::Forbidden | Self::SourceRefused => ErrorCode::Forbidden,
+            Self::RateLimited => ErrorCode::RateLimited,
+            Self::SpoolFull(_) => ErrorCode::ServiceUnavailable,
             Self::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::Malformed(CallbackError::TooLarge { .. }) => ErrorCode::PayloadTooLarge,
             Self::Malformed(_) => ErrorCode::MalformedRequest,
-            Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::Unavailable(_) | Self::RedisRefused(_) => ErrorCode::ServiceUnavailable,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Internal(_) => ErrorCode::Internal,
@@ -49,6 +59,14 @@ impl ResponseError for IngestError {
             Self::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "callback not stored: redis unavailable");
                 "temporarily unavailable; retry later".to_owned()
+            }
+            Self::RedisRefused(cause) => {
+                tracing::error!(cause = %cause, "callback not stored: redis answered with an error");
+                "temporarily unavailable; retry later".to_owned()
+            }
+            Self::SpoolFull(cause) => {
+                tracing::error!(cause = %cause, "callback not stored: redis unavailable and spool full");
+                "temporarily unavailable (spool full); retry later".to_owned()
             }
             Self::Internal(cause) => {
                 tracing::error!(cause = %cause, "internal error");

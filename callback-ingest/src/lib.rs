@@ -9,9 +9,13 @@
 //! - [`routes`]: HTTP handlers: the callback endpoint and health checks.
 //! - [`callback`]: whether a callback is trusted, and how it is applied with retries.
 //! - [`error`]: `IngestError`, mapped to HTTP in one place.
+//! - [`spool`]: callbacks acknowledged while Redis was down, on disk until replayed.
+//! - [`limits`]: per-source budgets of refused requests (429 when used up).
 
 pub mod callback;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod routes;
+pub mod spool;
 pub mod startup;

@@ -5,6 +5,7 @@
 //! serves until the shutdown handle fires, then drains in-flight requests with a bound.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -12,13 +13,16 @@ use actix_web::{web, App, HttpServer};
 use stk_relay_shared::config::ServerSettings;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::net::Cidr;
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{PaymentStore, RedisPool};
+use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule};
 use stk_relay_shared::token::CallbackTokens;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::IngestSettings;
+use crate::limits::RefusalLimiter;
 use crate::routes;
+use crate::spool::{self, Spool};
 
 /// What every handler shares.
 pub struct AppState {
@@ -26,6 +30,17 @@ pub struct AppState {
     pub store: PaymentStore,
     pub callback_tokens: CallbackTokens,
     pub shutdown: Shutdown,
+    /// The local spool, when `callbacks.spool_dir` is set.
+    pub spool: Option<Arc<Spool>>,
+    /// Per-source budgets of refused requests.
+    pub limiter: RefusalLimiter,
+    /// `callbacks.allowed_sources`, parsed; empty = any source.
+    pub allowed_sources: Vec<Cidr>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The reconciliation due set: a callback that does not match its push, or awaits
+    /// confirmation, makes its payment due for an STK Push Query at once.
+    pub schedule: Schedule,
 }
 
 pub struct Application {
@@ -54,12 +69,32 @@ impl Application {
             Duration::from_secs(86_400),
         )
         .with_early_ttl(Duration::from_secs(settings.callbacks.early_ttl_secs));
+        let spool = match settings.spool_dir() {
+            Some(dir) => {
+                let max = settings.callbacks.spool_max_bytes;
+                let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .map_err(|e| std::io::Error::other(format!("callbacks.spool_dir: {e}")))?;
+                Some(Arc::new(spool))
+            }
+            None => None,
+        };
+        let schedule = Schedule::new(store.pool().clone(), store.keyspace().clone());
         let state = web::Data::new(AppState {
+            schedule,
             callback_tokens: CallbackTokens::new(settings.callback_keys()),
             store,
             shutdown: shutdown.clone(),
+            spool: spool.clone(),
+            limiter: RefusalLimiter::new(&settings.limits),
+            allowed_sources: settings.allowed_sources(),
+            trusted_proxies: settings.server.trusted_proxies(),
             settings: settings.clone(),
         });
+        if let Some(spool) = spool {
+            tokio::spawn(spool::replay(state.clone(), spool));
+        }
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();

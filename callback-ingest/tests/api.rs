@@ -24,6 +24,11 @@ struct TestApp {
 }
 
 async fn spawn_app() -> TestApp {
+    spawn_app_with("").await.expect("build")
+}
+
+/// `callbacks_extra`: more `[callbacks]` lines.
+async fn spawn_app_with(callbacks_extra: &str) -> std::io::Result<TestApp> {
     let extra = format!(
         r#"
 [server]
@@ -38,21 +43,20 @@ command_timeout_ms = 100
 callback_secret = "{CALLBACK_SECRET}"
 [callbacks]
 redis_retry_budget_ms = 300
+{callbacks_extra}
 "#,
         dead_port()
     );
     let settings = IngestSettings::load_with(None, Some(&extra)).expect("settings");
     let shutdown = Shutdown::new();
-    let app = Application::build(settings, shutdown.clone())
-        .await
-        .expect("build");
+    let app = Application::build(settings, shutdown.clone()).await?;
     let base = app.base_url();
     tokio::spawn(app.run_until_stopped());
-    TestApp {
+    Ok(TestApp {
         base,
         client: reqwest::Client::new(),
         _shutdown: shutdown,
-    }
+    })
 }
 
 fn valid_token() -> String {
@@ -179,4 +183,43 @@ async fn other_routes_get_json_404_and_405() {
     assert_eq!(r.status().as_u16(), 404);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "NOT_FOUND");
+}
+
+/// With a spool, a checked callback that cannot reach Redis is written to disk and
+/// acknowledged; readiness stays 200 "spooling"; a second process cannot open the same
+/// directory; a forged callback is still refused and never spooled.
+#[tokio::test]
+async fn redis_down_with_a_spool_acknowledges_and_stays_ready() {
+    let dir = std::env::temp_dir().join(format!(
+        "stk-ingest-api-spool-{}-{}",
+        std::process::id(),
+        dead_port()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let extra = format!("spool_dir = {:?}", dir.display().to_string());
+    let app = spawn_app_with(&extra).await.expect("build");
+    let (status, body) = post(&app, &valid_token(), success_body()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"ResultCode":0,"ResultDesc":"Accepted"}));
+    let (status, _) = post(&app, "abc", success_body()).await;
+    assert_eq!(status, 403);
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: Value = ready.json().await.expect("JSON");
+    assert_eq!(ready["status"], "spooling");
+    assert_eq!(ready["spooled"], 1);
+    let second = spawn_app_with(&extra).await;
+    let err = second
+        .err()
+        .expect("a second process on the same spool must not start");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

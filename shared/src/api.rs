@@ -128,6 +128,8 @@ pub enum ErrorCode {
     ValidationFailed,
     /// Daraja answered with an error; `daraja_error_code` carries its errorCode.
     DarajaError,
+    /// Too many refused requests from this source address; retry later.
+    RateLimited,
     /// Redis is unreachable, or the node is draining.
     ServiceUnavailable,
     /// Daraja did not answer in time. The push may or may not have reached it.
@@ -148,6 +150,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ValidationFailed => 422,
+            Self::RateLimited => 429,
             Self::Internal => 500,
             Self::DarajaError => 502,
             Self::ServiceUnavailable => 503,

@@ -42,6 +42,9 @@ pub struct ClusterOptions {
     pub gateway_env: Vec<(String, String)>,
     /// Extra environment for every ingest node, after the defaults.
     pub ingest_env: Vec<(String, String)>,
+    /// Extra environment for ingest node `i` alone (entry `i`), after `ingest_env`; e.g. a
+    /// spool directory of its own. Missing entries add nothing.
+    pub ingest_env_each: Vec<Vec<(String, String)>>,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             log_level: "info".to_owned(),
             gateway_env: Vec::new(),
             ingest_env: Vec::new(),
+            ingest_env_each: Vec::new(),
         }
     }
 }
@@ -145,7 +149,8 @@ impl Cluster {
                 kv("INGEST__TOKENS__CALLBACK_SECRET", &callback_secret),
                 kv("INGEST__TELEMETRY__LEVEL", &level),
             ];
-            let env = [env, opts.ingest_env.clone()].concat();
+            let own = opts.ingest_env_each.get(i).cloned().unwrap_or_default();
+            let env = [env, opts.ingest_env.clone(), own].concat();
             let node = Node::spawn(&format!("ingest{i}"), &bins.ingest, &[], &env, &log_dir)
                 .await
                 .with_context(|| format!("starting ingest{i}"))?;
@@ -566,6 +571,20 @@ impl Cluster {
             .send()
             .await?;
         Ok(resp.status().as_u16())
+    }
+
+    /// The status and JSON body of `GET <base>/readyz`.
+    pub async fn readyz_json(&self, base: &str) -> Result<(u16, Value)> {
+        let resp = self
+            .http
+            .get(format!("{base}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).with_context(|| format!("readyz body: {text}"))?;
+        Ok((status, body))
     }
 
     /// The status of `GET <base>/healthz`.

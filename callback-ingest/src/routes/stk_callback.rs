@@ -1,83 +1,116 @@
 //! `POST /v1/callbacks/stk/{callback_token}`: Daraja's STK callback.
 //!
-//! Order of checks: token signature (403), body size (413), shape (400), then the
-//! store's script, which also checks the token belongs to this payment (403). A genuine
-//! callback, first or duplicate, gets 200 `{"ResultCode":0,"ResultDesc":"Accepted"}`.
+//! Order of checks: the source (403 outside `callbacks.allowed_sources`; 429 when it has
+//! used up its refusals, see [`crate::limits`]) and the token signature (403), both
+//! before the body is read; then body size (413), shape (400), and the store's script,
+//! which also checks the token belongs to this payment (403). All of it but the source
+//! checks runs in [`crate::callback::handle::process`]. A genuine callback, first or
+//! duplicate, gets 200 `{"ResultCode":0,"ResultDesc":"Accepted"}`; so does one that could
+//! not reach Redis but was written to the spool ([`crate::spool`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use stk_relay_shared::daraja::callback::parse_callback;
+use chrono::Utc;
 use stk_relay_shared::daraja::types::CallbackAck;
-use stk_relay_shared::store::ApplyOutcome;
+use stk_relay_shared::net::{any_contains, request_client_ip};
 
-use crate::callback::{apply::apply_with_retry, validate::check_token};
+use crate::callback::handle::process;
 use crate::error::IngestError;
 use crate::routes::read_body;
+use crate::spool::{Record, Spool, SpoolError};
 use crate::startup::AppState;
 
-#[tracing::instrument(name = "stk_callback", skip_all, fields(checkout_request_id = tracing::field::Empty, result_code = tracing::field::Empty))]
+#[tracing::instrument(name = "stk_callback", skip_all, fields(checkout_request_id = tracing::field::Empty, result_code = tracing::field::Empty, source = tracing::field::Empty))]
 pub async fn stk_callback(
     req: HttpRequest,
     token: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let received_at = chrono::Utc::now();
-    let verified = check_token(
-        &state.callback_tokens,
-        &token,
-        received_at,
-        state.settings.callback_token_ttl(),
-    )?;
-    let body = read_body(&req, payload, state.settings.callbacks.max_body_bytes).await?;
-    let callback = parse_callback(&body).map_err(|e| {
-        tracing::warn!(error = %e, "callback rejected: malformed");
-        IngestError::Malformed(e)
-    })?;
-    let span = tracing::Span::current();
-    span.record("checkout_request_id", callback.checkout_request_id.as_str());
-    span.record(
-        "result_code",
-        tracing::field::display(&callback.result_code),
-    );
-
-    let outcome = apply_with_retry(
-        &state.store,
-        &state.callback_tokens,
-        &callback,
-        &verified,
-        received_at,
-        state.settings.retry_budget(),
-        state.settings.callbacks.confirm_with_query,
-    )
-    .await
-    .map_err(|e| IngestError::Unavailable(e.to_string()))?;
-    match outcome {
-        ApplyOutcome::Applied { .. } => tracing::info!("payment final; published"),
-        ApplyOutcome::Corrected { .. } => tracing::warn!(
-            "genuine callback after the payment was closed as UNCONFIRMED; recorded as a correction (version 3)"
-        ),
-        ApplyOutcome::Mismatch { fields } => tracing::warn!(
-            mismatch = %fields,
-            "callback does not match its push; not applied, handed to reconciliation"
-        ),
-        ApplyOutcome::AwaitingConfirmation => tracing::info!(
-            "success callback kept until STK Push Query confirms it; handed to reconciliation"
-        ),
-        ApplyOutcome::Duplicate => {
-            tracing::info!("duplicate callback acknowledged; nothing published")
-        }
-        ApplyOutcome::Early => {
-            tracing::info!("callback arrived before the pending record; kept for it")
-        }
-        ApplyOutcome::NotFound => tracing::warn!("callback for an unknown payment"),
-        ApplyOutcome::EarlyFull => {
-            tracing::warn!("callback before its pending record, and this payment already holds the most early records; refused");
-            return Err(IngestError::Forbidden);
-        }
-        ApplyOutcome::Forbidden => {
-            tracing::warn!("callback rejected: token belongs to another payment");
-            return Err(IngestError::Forbidden);
-        }
+    let received_at = Utc::now();
+    let source = request_client_ip(&req, &state.trusted_proxies);
+    if let Some(ip) = source {
+        tracing::Span::current().record("source", tracing::field::display(ip));
     }
-    Ok(HttpResponse::Ok().json(CallbackAck::accepted()))
+    let limited = source.is_some_and(|ip| state.limiter.is_limited(ip));
+
+    if !state.allowed_sources.is_empty()
+        && !source.is_some_and(|ip| any_contains(&state.allowed_sources, ip))
+    {
+        return Err(refuse(&state, source, limited, IngestError::SourceRefused));
+    }
+    // The signature alone (no body read yet); `process` checks the token in full.
+    if state
+        .callback_tokens
+        .verify(&token, received_at, state.settings.callback_token_ttl())
+        .is_err()
+    {
+        return Err(refuse(&state, source, limited, IngestError::Forbidden));
+    }
+    let body = match read_body(&req, payload, state.settings.callbacks.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e @ IngestError::TooLarge { .. }) => return Err(refuse(&state, source, false, e)),
+        Err(e) => return Err(e),
+    };
+
+    match process(&state, &token, &body, received_at).await {
+        Ok(_) => Ok(HttpResponse::Ok().json(CallbackAck::accepted())),
+        Err(IngestError::Unavailable(cause)) => match &state.spool {
+            Some(spool) => {
+                let record = Record {
+                    received_at,
+                    token: token.into_inner(),
+                    body: body.to_vec(),
+                };
+                spool_callback(spool.clone(), record, cause).await
+            }
+            None => Err(IngestError::Unavailable(cause)),
+        },
+        Err(e @ (IngestError::Forbidden | IngestError::Malformed(_))) => {
+            Err(refuse(&state, source, false, e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A refusal: counted against the source, or, when the source has no refusals left,
+/// turned into 429 (and not logged again per request).
+fn refuse(
+    state: &AppState,
+    source: Option<IpAddr>,
+    limited: bool,
+    reason: IngestError,
+) -> IngestError {
+    if limited {
+        tracing::debug!(reason = %reason, "refused source is rate limited");
+        return IngestError::RateLimited;
+    }
+    tracing::warn!(reason = %reason, "callback refused");
+    if let Some(ip) = source {
+        state.limiter.refused(ip);
+    }
+    reason
+}
+
+/// Writes a checked callback to the spool; 200 once it is on disk, 503 otherwise.
+async fn spool_callback(
+    spool: Arc<Spool>,
+    record: Record,
+    cause: String,
+) -> Result<HttpResponse, IngestError> {
+    let written = tokio::task::spawn_blocking(move || spool.append(&record))
+        .await
+        .unwrap_or_else(|e| Err(SpoolError::Io(std::io::Error::other(e.to_string()))));
+    match written {
+        Ok(()) => {
+            tracing::warn!(cause = %cause, "redis unavailable; callback spooled and acknowledged");
+            Ok(HttpResponse::Ok().json(CallbackAck::accepted()))
+        }
+        Err(e @ SpoolError::Full { .. }) => Err(IngestError::SpoolFull(e.to_string())),
+        Err(e) => Err(IngestError::Unavailable(format!(
+            "{cause}; and the spool failed: {e}"
+        ))),
+    }
 }
