@@ -594,9 +594,7 @@ impl Task {
                 if generation != self.generation {
                     return None; // The reconnect path re-subscribed it.
                 }
-                let Some(entry) = self.entries.get_mut(&channel) else {
-                    return None;
-                };
+                let entry = self.entries.get_mut(&channel)?;
                 if entry.state != State::Subscribing {
                     return None;
                 }
@@ -627,9 +625,7 @@ impl Task {
                 if generation != self.generation {
                     return None;
                 }
-                let Some(entry) = self.entries.get_mut(&channel) else {
-                    return None;
-                };
+                let entry = self.entries.get_mut(&channel)?;
                 if entry.state != State::Unsubscribing {
                     return None;
                 }
