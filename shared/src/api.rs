@@ -126,6 +126,8 @@ pub enum ErrorCode {
     DarajaError,
     /// Redis is unreachable, or the node is draining.
     ServiceUnavailable,
+    /// Too many open WebSocket/SSE connections for this payment or from this address.
+    TooManyConnections,
     /// Daraja did not answer in time. The push may or may not have reached it.
     DarajaTimeout,
     /// Anything else; details are in the server log.
@@ -144,6 +146,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ValidationFailed => 422,
+            Self::TooManyConnections => 429,
             Self::Internal => 500,
             Self::DarajaError => 502,
             Self::ServiceUnavailable => 503,
