@@ -225,6 +225,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe may take to come back before the connection is replaced.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pause between attempts to publish the reconnect probe.
+const PROBE_RETRY: Duration = Duration::from_millis(20);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -414,13 +417,26 @@ impl Task {
         .map_err(|e| format!("probe subscribe failed: {e}"))?;
         self.probe_seq += 1;
         let seq = self.probe_seq;
-        tokio::time::timeout_at(
-            step(self.command_timeout),
-            publish_probe(&self.pool, &self.probe_channel, seq),
-        )
-        .await
-        .map_err(|_| "probe publish timed out".to_string())?
-        .map_err(|e| format!("probe publish failed: {e}"))?;
+        // After a Redis restart, each pooled connection fails its first command (and then
+        // reconnects by itself), and round-robin may hand out one of those: retry on the
+        // next connection until the step's bound.
+        let publish_by = step(self.command_timeout);
+        loop {
+            let r = tokio::time::timeout_at(
+                publish_by,
+                publish_probe(&self.pool, &self.probe_channel, seq),
+            )
+            .await
+            .map_err(|_| "probe publish timed out".to_string())?;
+            match r {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() + PROBE_RETRY < publish_by => {
+                    tracing::debug!(error = %e, "probe publish failed; retrying");
+                    tokio::time::sleep(PROBE_RETRY).await;
+                }
+                Err(e) => return Err(format!("probe publish failed: {e}")),
+            }
+        }
         let until = step(self.connect_timeout);
         loop {
             let msg = tokio::time::timeout_at(until, stream.next())
