@@ -81,7 +81,12 @@ fn expect_ws_refusal(r: Result<WsClient, WsConnectError>, status: u16, code: &st
 }
 
 /// `GET …/events` with an `X-Forwarded-For` header.
-async fn sse_with_xff(c: &Cluster, gw: usize, p: &PushResponse, xff: &str) -> Result<reqwest::Response> {
+async fn sse_with_xff(
+    c: &Cluster,
+    gw: usize,
+    p: &PushResponse,
+    xff: &str,
+) -> Result<reqwest::Response> {
     let mut url = reqwest::Url::parse(&format!(
         "{}/v1/payments/{}/events",
         c.gateway(gw).url(),
@@ -218,9 +223,18 @@ async fn reconnect_storm_gateways_recover_within_5s() -> Result<()> {
     while let Some(joined) = browsers.join_next().await {
         let (id, log) = joined?;
         let log = log.with_context(|| format!("browser of {id}"))?;
-        ensure!(log.completed == 1, "{id}: {} PAYMENT_COMPLETED", log.completed);
-        let state = log.completed_state.ok_or_else(|| anyhow!("{id}: no state"))?;
-        ensure!(state.checkout_request_id.as_str() == id, "{id} got {state:?}");
+        ensure!(
+            log.completed == 1,
+            "{id}: {} PAYMENT_COMPLETED",
+            log.completed
+        );
+        let state = log
+            .completed_state
+            .ok_or_else(|| anyhow!("{id}: no state"))?;
+        ensure!(
+            state.checkout_request_id.as_str() == id,
+            "{id} got {state:?}"
+        );
         ensure!(
             state.status == stk_relay_shared::payment::PaymentStatus::Success,
             "{id}: {state:?}"
@@ -228,7 +242,11 @@ async fn reconnect_storm_gateways_recover_within_5s() -> Result<()> {
         attempts += log.attempts;
         seen.insert(id, ());
     }
-    ensure!(seen.len() == payments.len(), "{} browsers finished", seen.len());
+    ensure!(
+        seen.len() == payments.len(),
+        "{} browsers finished",
+        seen.len()
+    );
     eprintln!(
         "storm: {} browsers, {attempts} connection attempts, each result delivered once",
         seen.len()
@@ -299,7 +317,10 @@ async fn stalled_redis_fails_within_bounds_and_recovers() -> Result<()> {
     c.redis.restart().await?;
     let t = Instant::now();
     c.wait_ready(&gw_url, Duration::from_secs(5)).await?;
-    eprintln!("stalled: ready again {:?} after Redis answered", t.elapsed());
+    eprintln!(
+        "stalled: ready again {:?} after Redis answered",
+        t.elapsed()
+    );
 
     // Started against it: a fresh gateway whose pooled connections were never opened.
     c.gateways[0].kill().await?;
@@ -334,9 +355,15 @@ async fn stalled_redis_fails_within_bounds_and_recovers() -> Result<()> {
         slowest = slowest.max(took);
     }
     eprintln!("stalled: 40 concurrent reads refused, slowest in {slowest:?}");
-    ensure!(slowest <= bound, "a read took {slowest:?} (bound {bound:?})");
+    ensure!(
+        slowest <= bound,
+        "a read took {slowest:?} (bound {bound:?})"
+    );
     let t = Instant::now();
-    ensure!(c.readyz(&gw_url).await? == 503, "ready against a stalled Redis");
+    ensure!(
+        c.readyz(&gw_url).await? == 503,
+        "ready against a stalled Redis"
+    );
     ensure!(t.elapsed() <= bound, "/readyz took {:?}", t.elapsed());
     ensure!(
         started.elapsed() < Duration::from_secs(5),
@@ -348,7 +375,10 @@ async fn stalled_redis_fails_within_bounds_and_recovers() -> Result<()> {
     c.redis.restart().await?;
     let t = Instant::now();
     c.wait_ready(&gw_url, Duration::from_secs(5)).await?;
-    eprintln!("stalled: fresh gateway ready {:?} after Redis answered", t.elapsed());
+    eprintln!(
+        "stalled: fresh gateway ready {:?} after Redis answered",
+        t.elapsed()
+    );
     Ok(())
 }
 
@@ -482,7 +512,10 @@ async fn max_lifetime_closes_ws_with_1001_and_ends_sse() -> Result<()> {
 
     let code = ws.expect_end(Duration::from_secs(6)).await?;
     let ws_life = t.elapsed();
-    ensure!(code == Some(CloseCode::Away), "WebSocket closed with {code:?}");
+    ensure!(
+        code == Some(CloseCode::Away),
+        "WebSocket closed with {code:?}"
+    );
     loop {
         match sse.next_event(Duration::from_secs(6)).await? {
             SseEvent::Comment => continue,
@@ -492,7 +525,10 @@ async fn max_lifetime_closes_ws_with_1001_and_ends_sse() -> Result<()> {
     }
     let sse_life = t.elapsed();
     eprintln!("lifetime: WebSocket closed after {ws_life:?}, SSE ended after {sse_life:?}");
-    ensure!(ws_life >= Duration::from_millis(1500), "closed early: {ws_life:?}");
+    ensure!(
+        ws_life >= Duration::from_millis(1500),
+        "closed early: {ws_life:?}"
+    );
     wait_connections(&c, 0, 0, STEP).await?;
     Ok(())
 }
@@ -529,7 +565,11 @@ async fn connection_caps_per_payment_and_per_ip() -> Result<()> {
         streams.push(sse);
     }
     wait_connections(&c, 0, 8, STEP).await?;
-    expect_ws_refusal(c.ws_connect(0, id, &p.token).await, 429, "TOO_MANY_CONNECTIONS")?;
+    expect_ws_refusal(
+        c.ws_connect(0, id, &p.token).await,
+        429,
+        "TOO_MANY_CONNECTIONS",
+    )?;
     expect_refusal(
         c.sse_request(0, id, &p.token).await?,
         429,
@@ -546,7 +586,11 @@ async fn connection_caps_per_payment_and_per_ip() -> Result<()> {
     let mut ws = c.ws_connect(0, id, &p.token).await?;
     ws.expect(MessageType::PaymentUpdate).await?;
     sockets.push(ws);
-    expect_ws_refusal(c.ws_connect(0, id, &p.token).await, 429, "TOO_MANY_CONNECTIONS")?;
+    expect_ws_refusal(
+        c.ws_connect(0, id, &p.token).await,
+        429,
+        "TOO_MANY_CONNECTIONS",
+    )?;
     // A closed WebSocket releases its slot too.
     if let Some(ws) = sockets.pop() {
         ws.close().await;
@@ -587,7 +631,8 @@ async fn connection_caps_per_payment_and_per_ip() -> Result<()> {
     .await?;
     // A left-hand hop written by the client does not help: the proxy's right-most
     // entry is the address.
-    let (status, _) = ws_status_with_xff(&c, 1, &others[3], &format!("198.51.100.1, {buyer}")).await?;
+    let (status, _) =
+        ws_status_with_xff(&c, 1, &others[3], &format!("198.51.100.1, {buyer}")).await?;
     ensure!(status == 429, "spoofed left-hand hop: {status}");
     // Another buyer behind the same proxy is admitted.
     let (status, ws) = ws_status_with_xff(&c, 1, &others[3], "203.0.113.8").await?;

@@ -70,7 +70,8 @@ fn admit(
     state: &AppState,
     id: &CheckoutRequestId,
 ) -> Result<ConnectionGuard, ApiError> {
-    let ip = stk_relay_shared::net::request_client_ip(req, &state.settings.server.trusted_proxies());
+    let ip =
+        stk_relay_shared::net::request_client_ip(req, &state.settings.server.trusted_proxies());
     state.admit(id, ip)
 }
 

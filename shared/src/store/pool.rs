@@ -200,7 +200,10 @@ impl RedisPool {
         let results = tokio::time::timeout(self.inner.connect_timeout, all)
             .await
             .map_err(|_| StoreError::Timeout)?;
-        results.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
+        results
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ())
     }
 
     /// `PING` on one connection, for readiness checks: answers within the command
