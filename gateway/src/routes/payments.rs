@@ -152,13 +152,20 @@ pub async fn events(
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
         .await
         .map_err(feed_error)?;
+    let ws = &state.settings.ws;
+    let alive = ClientSocket::watch_stream(
+        ClientSocket::of(&req),
+        state.shutdown.clone(),
+        ws.max_lifetime(),
+        ws.send_timeout(),
+    );
     let stream = sse_stream(
         feed,
         first,
-        state.settings.ws.heartbeat_interval(),
-        state.settings.ws.max_lifetime(),
+        ws.heartbeat_interval(),
+        ws.max_lifetime(),
         state.shutdown.clone(),
-        guard,
+        (guard, alive),
     );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -191,7 +198,8 @@ struct SseState {
     /// The end of the stream's life (`ws.max_lifetime_secs`).
     expires: std::pin::Pin<Box<tokio::time::Sleep>>,
     shutdown: Shutdown,
-    _guard: ConnectionGuard,
+    /// The connection slot, and the token that tells the stall watch the stream ended.
+    _held: (ConnectionGuard, tokio::sync::oneshot::Sender<()>),
 }
 
 fn sse_stream(
@@ -200,7 +208,7 @@ fn sse_stream(
     heartbeat: Duration,
     max_lifetime: Duration,
     shutdown: Shutdown,
-    guard: ConnectionGuard,
+    held: (ConnectionGuard, tokio::sync::oneshot::Sender<()>),
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let st = SseState {
         feed,
@@ -208,7 +216,7 @@ fn sse_stream(
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
         expires: Box::pin(tokio::time::sleep(max_lifetime)),
         shutdown,
-        _guard: guard,
+        _held: held,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         match std::mem::replace(&mut st.step, SseStep::Live) {

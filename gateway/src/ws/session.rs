@@ -8,6 +8,10 @@
 //! the TCP connection is reset through [`ClientSocket`] (actix would otherwise keep the
 //! stuck connection open, and a graceful stop would wait for it). A connection lives at
 //! most `ws.max_lifetime_secs`, then closes with 1001 so the client reconnects.
+//!
+//! SSE streams have no task of their own (actix polls them), so
+//! [`ClientSocket::watch_stream`] cuts one that has not ended within the send timeout
+//! of the shutdown or of its maximum lifetime.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -55,6 +59,34 @@ impl ClientSocket {
     /// The socket of the connection that carries `req`, if it was recorded.
     pub fn of(req: &HttpRequest) -> Option<Self> {
         req.conn_data::<ClientSocket>().cloned()
+    }
+
+    /// Watches a response stream that actix drives (SSE), which has no task of its own:
+    /// once it should have ended (shutdown, or `lifetime` passed), it gets `grace` to do
+    /// so; if it still exists then (its client stopped reading, so actix stopped polling
+    /// it), the connection is cut, which releases its slot. The stream holds the returned
+    /// token; dropping it (the stream ended) ends the watch.
+    pub fn watch_stream(
+        socket: Option<Self>,
+        shutdown: Shutdown,
+        lifetime: Duration,
+        grace: Duration,
+    ) -> tokio::sync::oneshot::Sender<()> {
+        let (alive, mut ended) = tokio::sync::oneshot::channel::<()>();
+        if let Some(socket) = socket {
+            actix_web::rt::spawn(async move {
+                tokio::select! {
+                    _ = &mut ended => return,
+                    _ = shutdown.wait() => {}
+                    _ = tokio::time::sleep(lifetime) => {}
+                }
+                if tokio::time::timeout(grace, &mut ended).await.is_err() {
+                    tracing::info!("event stream client is not reading; disconnecting");
+                    socket.cut();
+                }
+            });
+        }
+        alive
     }
 
     /// Ends the connection now: unsent data is discarded (the peer gets a reset once

@@ -222,3 +222,65 @@ impl RedisPool {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A listener that accepts and reads, and never answers: a stalled Redis.
+    async fn stalled_redis() -> (u16, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                conns.spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn checkouts_against_a_stalled_redis_are_bounded_by_the_command_timeout() {
+        let (port, stub) = stalled_redis().await;
+        let settings = RedisSettings {
+            url: format!("redis://127.0.0.1:{port}").into(),
+            key_prefix: "t".into(),
+            pool_size: 2,
+            // The open stays stuck much longer than a caller may wait.
+            connect_timeout_ms: 5_000,
+            command_timeout_ms: 200,
+        };
+        let pool = RedisPool::new(&settings).unwrap();
+        let started = tokio::time::Instant::now();
+        let results = futures_util::future::join_all((0..20).map(|_| {
+            let pool = pool.clone();
+            async move {
+                let t = tokio::time::Instant::now();
+                let r = pool.get().await.map(|_| ());
+                (t.elapsed(), r)
+            }
+        }))
+        .await;
+        for (took, r) in results {
+            assert!(matches!(r, Err(StoreError::Timeout)), "checkout succeeded");
+            assert!(
+                took < Duration::from_millis(700),
+                "a checkout took {took:?}"
+            );
+        }
+        let t = tokio::time::Instant::now();
+        assert!(matches!(pool.ping().await, Err(StoreError::Timeout)));
+        assert!(
+            t.elapsed() < Duration::from_millis(700),
+            "ping took {:?}",
+            t.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        stub.abort();
+    }
+}
