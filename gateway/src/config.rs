@@ -88,6 +88,10 @@ pub struct WsSettings {
     pub heartbeat_interval_ms: u64,
     pub client_timeout_ms: u64,
     pub max_connections: usize,
+    pub send_timeout_ms: u64,
+    pub max_lifetime_secs: u64,
+    pub max_connections_per_payment: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// `[reconcile]`: STK Push Query for payments whose callback has not come.
@@ -166,6 +170,33 @@ impl WsSettings {
 
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_secs)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=60_000).contains(&self.send_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "ws.send_timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.max_lifetime_secs) {
+            return Err(ConfigError::Invalid(
+                "ws.max_lifetime_secs must be between 1 and 604800".into(),
+            ));
+        }
+        if self.max_connections_per_payment == 0 {
+            return Err(ConfigError::Invalid(
+                "ws.max_connections_per_payment must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +291,7 @@ impl Settings for GatewaySettings {
                 "ws.max_connections must be between 1 and 1000000".into(),
             ));
         }
+        self.ws.validate()?;
         if self.payments.idempotency_ttl_secs < 60 {
             return Err(ConfigError::Invalid(
                 "payments.idempotency_ttl_secs must be at least 60".into(),

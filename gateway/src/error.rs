@@ -42,6 +42,8 @@ pub enum ApiError {
     DarajaTimeout,
     #[error("service unavailable")]
     Unavailable(String),
+    #[error("{0}")]
+    TooManyConnections(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -63,6 +65,7 @@ impl ApiError {
             Self::Daraja { .. } => ErrorCode::DarajaError,
             Self::DarajaTimeout => ErrorCode::DarajaTimeout,
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::TooManyConnections(_) => ErrorCode::TooManyConnections,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

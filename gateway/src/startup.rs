@@ -13,9 +13,10 @@
 //! that could not be written is logged at error with its CheckoutRequestID → the
 //! broker is dropped.
 
-use std::net::TcpListener;
+use std::collections::HashMap;
+use std::net::{IpAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_cors::Cors;
@@ -26,6 +27,7 @@ use stk_relay_shared::broker::Broker;
 use stk_relay_shared::config::{RedisSettings, ServerSettings};
 use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
+use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule};
@@ -34,7 +36,7 @@ use tokio::sync::Notify;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::ApiKeys;
-use crate::config::GatewaySettings;
+use crate::config::{GatewaySettings, WsSettings};
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
 use crate::reconcile::Reconciler;
@@ -42,26 +44,78 @@ use crate::reconcile::Reconciler;
 use crate::pending::{self, PendingWrites};
 use crate::routes;
 
-/// Counts open WebSocket and SSE connections and caps them.
+/// Counts open WebSocket and SSE connections and caps them: per node
+/// (`ws.max_connections`), per payment (`ws.max_connections_per_payment`) and per
+/// client address (`ws.max_connections_per_ip`, 0 = off).
+///
+/// The per-payment and per-address maps hold an entry only while a connection admitted
+/// under the node cap holds it, so neither grows beyond `ws.max_connections` entries.
 pub struct Connections {
     open: AtomicUsize,
     max: usize,
     idle: Notify,
+    max_per_payment: usize,
+    max_per_ip: usize,
+    by_payment: Mutex<HashMap<CheckoutRequestId, usize>>,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Connections {
+    pub fn new(ws: &WsSettings) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max: ws.max_connections,
+            idle: Notify::new(),
+            max_per_payment: ws.max_connections_per_payment,
+            max_per_ip: ws.max_connections_per_ip,
+            by_payment: Mutex::new(HashMap::new()),
+            by_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn current(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+
+    /// Takes one slot of `key` unless it already holds `max`.
+    fn take<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> bool {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: &K) {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(key);
+            }
+        }
+    }
 }
 
-/// Held by one open connection; releases its slot when dropped.
-pub struct ConnectionGuard(Arc<Connections>);
+/// Held by one open connection; releases its slots when dropped.
+pub struct ConnectionGuard {
+    conns: Arc<Connections>,
+    payment: Option<CheckoutRequestId>,
+    ip: Option<IpAddr>,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+        if let Some(id) = self.payment.take() {
+            Connections::give_back(&self.conns.by_payment, &id);
+        }
+        if let Some(ip) = self.ip.take() {
+            Connections::give_back(&self.conns.by_ip, &ip);
+        }
+        if self.conns.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.conns.idle.notify_waiters();
         }
     }
 }
@@ -85,15 +139,50 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Admits one more long-lived connection, or refuses (draining, or at capacity).
-    pub fn admit(&self) -> Result<ConnectionGuard, ApiError> {
+    /// Admits one more long-lived connection for `payment` from the client at `ip`, or
+    /// refuses: 503 while draining or at the node's cap, 429 at the payment's or the
+    /// address's cap.
+    pub fn admit(
+        &self,
+        payment: &CheckoutRequestId,
+        ip: Option<IpAddr>,
+    ) -> Result<ConnectionGuard, ApiError> {
         if self.shutdown.is_draining() {
             return Err(ApiError::Unavailable("node is draining".into()));
         }
-        let prev = self.connections.open.fetch_add(1, Ordering::SeqCst);
-        let guard = ConnectionGuard(self.connections.clone());
-        if prev >= self.connections.max {
+        let conns = &self.connections;
+        let prev = conns.open.fetch_add(1, Ordering::SeqCst);
+        let mut guard = ConnectionGuard {
+            conns: conns.clone(),
+            payment: None,
+            ip: None,
+        };
+        if prev >= conns.max {
             return Err(ApiError::Unavailable("connection limit reached".into()));
+        }
+        if !Connections::take(&conns.by_payment, payment.clone(), conns.max_per_payment) {
+            tracing::warn!(
+                checkout_request_id = %payment,
+                max = conns.max_per_payment,
+                "connection refused: per-payment limit"
+            );
+            return Err(ApiError::TooManyConnections(
+                "too many open connections for this payment".into(),
+            ));
+        }
+        guard.payment = Some(payment.clone());
+        if let (Some(ip), true) = (ip, conns.max_per_ip > 0) {
+            if !Connections::take(&conns.by_ip, ip, conns.max_per_ip) {
+                tracing::warn!(
+                    checkout_request_id = %payment,
+                    max = conns.max_per_ip,
+                    "connection refused: per-address limit"
+                );
+                return Err(ApiError::TooManyConnections(
+                    "too many open connections from this address".into(),
+                ));
+            }
+            guard.ip = Some(ip);
         }
         Ok(guard)
     }
@@ -159,11 +248,7 @@ impl Application {
             subscribe_tokens: SubscribeTokens::new(settings.tokens.subscribe_keys()),
             callback_tokens: CallbackTokens::new(settings.tokens.callback_keys()),
             shutdown: shutdown.clone(),
-            connections: Arc::new(Connections {
-                open: AtomicUsize::new(0),
-                max: settings.ws.max_connections,
-                idle: Notify::new(),
-            }),
+            connections: Arc::new(Connections::new(&settings.ws)),
             pending: PendingWrites::new(
                 settings.payments.pending_queue_max,
                 Duration::from_secs(settings.payments.ttl_secs),
@@ -220,7 +305,8 @@ impl Application {
                         .route("/events", web::get().to(routes::payments::events)),
                 )
                 .default_service(web::to(routes::fallback))
-        });
+        })
+        .on_connect(crate::ws::session::ClientSocket::remember);
         let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
         Ok(Self {
             port,

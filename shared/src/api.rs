@@ -132,6 +132,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Redis is unreachable, or the node is draining.
     ServiceUnavailable,
+    /// Too many open WebSocket/SSE connections for this payment or from this address.
+    TooManyConnections,
     /// Daraja did not answer in time. The push may or may not have reached it.
     DarajaTimeout,
     /// Anything else; details are in the server log.
@@ -150,7 +152,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ValidationFailed => 422,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::TooManyConnections => 429,
             Self::Internal => 500,
             Self::DarajaError => 502,
             Self::ServiceUnavailable => 503,

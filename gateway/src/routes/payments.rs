@@ -17,7 +17,7 @@ use crate::auth::require_payment_access;
 use crate::error::ApiError;
 use crate::feed::{FeedError, FeedEvent, PaymentFeed};
 use crate::startup::{AppState, ConnectionGuard};
-use crate::ws::session::{self, SessionConfig};
+use crate::ws::session::{self, ClientSocket, SessionConfig};
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -67,6 +67,18 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
     }
 }
 
+/// Takes a connection slot for `id` from this request's client address (read behind
+/// `server.trusted_proxies` as in `shared::net`), before any upgrade.
+fn admit(
+    req: &HttpRequest,
+    state: &AppState,
+    id: &CheckoutRequestId,
+) -> Result<ConnectionGuard, ApiError> {
+    let ip =
+        stk_relay_shared::net::request_client_ip(req, &state.settings.server.trusted_proxies());
+    state.admit(id, ip)
+}
+
 fn feed_error(e: FeedError) -> ApiError {
     match e {
         FeedError::NotFound => ApiError::PaymentNotFound,
@@ -104,7 +116,7 @@ pub async fn ws(
     let id = authorize(&req, &path, &state, false)?;
     check_origin(&req, &state.settings.api.allowed_origins)?;
     let id_for_log = id.clone();
-    let guard = state.admit()?;
+    let guard = admit(&req, &state, &id)?;
     let (response, ws_session, msgs) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::Malformed(format!("not a WebSocket upgrade: {e}")))?;
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
@@ -113,6 +125,8 @@ pub async fn ws(
     let cfg = SessionConfig {
         heartbeat_interval: state.settings.ws.heartbeat_interval(),
         client_timeout: state.settings.ws.client_timeout(),
+        send_timeout: state.settings.ws.send_timeout(),
+        max_lifetime: state.settings.ws.max_lifetime(),
     };
     let span = tracing::info_span!("ws_session", checkout_request_id = %id_for_log);
     actix_web::rt::spawn(
@@ -123,6 +137,7 @@ pub async fn ws(
             first,
             cfg,
             state.shutdown.clone(),
+            ClientSocket::of(&req),
             guard,
         )
         .instrument(span),
@@ -137,16 +152,24 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = authorize(&req, &path, &state, false)?;
-    let guard = state.admit()?;
+    let guard = admit(&req, &state, &id)?;
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
         .await
         .map_err(feed_error)?;
+    let ws = &state.settings.ws;
+    let alive = ClientSocket::watch_stream(
+        ClientSocket::of(&req),
+        state.shutdown.clone(),
+        ws.max_lifetime(),
+        ws.send_timeout(),
+    );
     let stream = sse_stream(
         feed,
         first,
-        state.settings.ws.heartbeat_interval(),
+        ws.heartbeat_interval(),
+        ws.max_lifetime(),
         state.shutdown.clone(),
-        guard,
+        (guard, alive),
     );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -176,23 +199,28 @@ struct SseState {
     feed: PaymentFeed,
     step: SseStep,
     heartbeat: tokio::time::Interval,
+    /// The end of the stream's life (`ws.max_lifetime_secs`).
+    expires: std::pin::Pin<Box<tokio::time::Sleep>>,
     shutdown: Shutdown,
-    _guard: ConnectionGuard,
+    /// The connection slot, and the token that tells the stall watch the stream ended.
+    _held: (ConnectionGuard, tokio::sync::oneshot::Sender<()>),
 }
 
 fn sse_stream(
     feed: PaymentFeed,
     first: String,
     heartbeat: Duration,
+    max_lifetime: Duration,
     shutdown: Shutdown,
-    guard: ConnectionGuard,
+    held: (ConnectionGuard, tokio::sync::oneshot::Sender<()>),
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let st = SseState {
         feed,
         step: SseStep::Start(first),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        expires: Box::pin(tokio::time::sleep(max_lifetime)),
         shutdown,
-        _guard: guard,
+        _held: held,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         match std::mem::replace(&mut st.step, SseStep::Live) {
@@ -209,6 +237,8 @@ fn sse_stream(
                 tokio::select! {
                     biased;
                     _ = st.shutdown.wait() => None,
+                    // The browser's EventSource reconnects by itself when the stream ends.
+                    _ = &mut st.expires => None,
                     ev = st.feed.next() => match ev {
                         FeedEvent::Frame(frame) => {
                             if st.feed.is_done() {

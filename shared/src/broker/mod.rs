@@ -14,6 +14,13 @@
 //!   channel that still has subscribers, and then raises [`BrokerEvent::Resync`] on every
 //!   subscription: messages may have been missed, so the holder re-reads the state.
 //!   A subscription whose receiver falls behind (a slow consumer) also gets `Resync`.
+//!   While disconnected, [`Broker::subscribe`] waits for the first reconnect attempt;
+//!   once an attempt has failed it fails at once with [`BrokerError::Unavailable`] until
+//!   one succeeds, so callers answer 503 instead of queueing. No number of subscribe
+//!   requests delays the next attempt.
+//! - **Bounds.** Every step with the Redis backend has a timeout (SUBSCRIBE,
+//!   UNSUBSCRIBE, the probe, the whole reconnect); an expired one is handled as a broken
+//!   connection: it is dropped and rebuilt. See [`redis`].
 //! - **Fan-out.** One upstream subscription per channel per process, reference-counted:
 //!   the first local subscriber subscribes, dropping the last one unsubscribes. All
 //!   channels share one dedicated connection, so a node's Redis connection count does

@@ -15,6 +15,25 @@
 //! client library reports those as success), or a half-open TCP connection, therefore
 //! ends in a reconnect instead of silently missing results.
 //!
+//! Every wait is bounded, and a bound that expires is treated as a broken connection:
+//! the connection is dropped and rebuilt, as on any other failure.
+//! - SUBSCRIBE and UNSUBSCRIBE: `redis.command_timeout_ms` each.
+//! - The reconnect (TCP connect and handshake within `redis.connect_timeout_ms`, then the
+//!   re-SUBSCRIBE of every held channel and the probe round trip) within
+//!   [`reconnect_bound`]: connect timeout + 2 × command timeout.
+//! - The periodic probe: [`PROBE_TIMEOUT`].
+//!
+//! While disconnected, the next attempt is due at a fixed deadline (backoff from 50 ms
+//! doubling to 2 s) that no incoming request moves, and the timer is polled before the
+//! command queue, so a stream of subscribe requests cannot delay the reconnect. A
+//! subscribe request that arrives after an attempt has failed is refused at once (the
+//! gateway answers 503 and the browser retries); one that arrives before the first
+//! attempt after a disconnect waits for it, within its own timeout.
+//!
+//! The subscriber's TCP socket gets keepalive and `TCP_USER_TIMEOUT` like the command
+//! pool's (`crate::store::pool::configure_socket`); redis-rs 0.32 opens pub/sub
+//! connections without TCP settings, so this module opens the socket itself.
+//!
 //! The command queue is unbounded on purpose: every entry belongs to one live
 //! `Subscription` (one `Subscribe`, one `Release`), so its length is bounded by the
 //! number of subscriptions, which the gateway caps; `Drop` must be able to release
@@ -34,7 +53,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::{Broker, BrokerError, Payload, Release, Subscription, FANOUT_CAPACITY};
 use crate::config::RedisSettings;
 use crate::keyspace::Keyspace;
-use crate::store::pool::RedisPool;
+use crate::store::pool::{configure_socket, RedisPool};
 
 type Reply = oneshot::Sender<Subscription>;
 
@@ -44,6 +63,11 @@ pub(crate) enum Command {
 }
 
 enum Internal {
+    /// A SUBSCRIBE or UNSUBSCRIBE on `generation` did not answer in time.
+    Stalled {
+        generation: u64,
+        what: &'static str,
+    },
     ProbeNotSent {
         seq: u64,
     },
@@ -107,6 +131,8 @@ impl RedisBroker {
             probe_outstanding: None,
             client,
             connect_timeout: settings.connect_timeout(),
+            command_timeout: settings.command_timeout(),
+            refusing: false,
             cmd_tx: cmd_tx.clone(),
             cmd_rx,
             internal: mpsc::unbounded_channel(),
@@ -176,6 +202,10 @@ struct Task {
     probe_outstanding: Option<(u64, Instant)>,
     client: redis::Client,
     connect_timeout: Duration,
+    command_timeout: Duration,
+    /// Set after a failed connect attempt: subscribe requests are refused at once until
+    /// the next attempt succeeds.
+    refusing: bool,
     cmd_tx: mpsc::UnboundedSender<Command>,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     internal: (
@@ -195,77 +225,124 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe may take to come back before the connection is replaced.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pause between attempts to publish the reconnect probe.
+const PROBE_RETRY: Duration = Duration::from_millis(20);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The bound on one whole reconnect: TCP connect and handshake (connect timeout), the
+/// re-SUBSCRIBE of every held channel and the probe round trip (a command timeout each).
+pub fn reconnect_bound(connect_timeout: Duration, command_timeout: Duration) -> Duration {
+    connect_timeout + command_timeout * 2
+}
 
 impl Task {
     async fn run(mut self) {
         let mut stream: Option<PubSubStream> = None;
         let mut backoff = Duration::ZERO;
+        // When the next connect attempt is due. A deadline, not a sleep re-created per
+        // loop: commands arriving meanwhile must not push the attempt back.
+        let mut reconnect_at = tokio::time::Instant::now();
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if stream.is_none() {
                 tokio::select! {
                     biased;
+                    _ = tokio::time::sleep_until(reconnect_at) => {
+                        let bound = reconnect_bound(self.connect_timeout, self.command_timeout);
+                        let attempt = tokio::time::timeout(bound, self.connect()).await;
+                        match attempt.unwrap_or_else(|_| Err("reconnect timed out".to_string())) {
+                            Ok(s) => {
+                                stream = Some(s);
+                                backoff = Duration::ZERO;
+                                self.refusing = false;
+                            }
+                            Err(e) => {
+                                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                                reconnect_at = tokio::time::Instant::now() + backoff;
+                                self.on_connect_failed();
+                                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis subscriber connection failed");
+                            }
+                        }
+                    }
                     cmd = self.cmd_rx.recv() => match cmd {
                         Some(cmd) => self.on_command(cmd),
                         None => break,
                     },
-                    Some(i) = self.internal.1.recv() => self.on_internal(i),
-                    _ = tokio::time::sleep(backoff) => {
-                        match self.connect().await {
-                            Ok(s) => {
-                                stream = Some(s);
-                                backoff = Duration::ZERO;
-                            }
-                            Err(e) => {
-                                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis subscriber connection failed");
-                            }
-                        }
+                    Some(i) = self.internal.1.recv() => {
+                        // Nothing to drop: already disconnected.
+                        let _ = self.on_internal(i);
                     }
                 }
                 continue;
             }
             let Some(s) = stream.as_mut() else { continue };
-            tokio::select! {
+            let lost = tokio::select! {
                 biased;
                 msg = s.next() => match msg {
-                    Some(msg) => self.on_message(msg),
-                    None => {
-                        tracing::warn!("redis subscriber connection lost; reconnecting");
-                        stream = None;
-                        self.on_disconnect();
-                        backoff = BACKOFF_MIN;
+                    Some(msg) => {
+                        self.on_message(msg);
+                        None
                     }
+                    None => Some("redis subscriber connection lost; reconnecting"),
                 },
                 cmd = self.cmd_rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
+                    Some(cmd) => {
+                        self.on_command(cmd);
+                        None
+                    }
                     None => break,
                 },
                 Some(i) = self.internal.1.recv() => self.on_internal(i),
                 _ = probe_tick.tick() => {
-                    if !self.probe() {
-                        tracing::warn!("redis subscriber missed its probe; reconnecting");
-                        stream = None;
-                        self.on_disconnect();
-                        backoff = BACKOFF_MIN;
-                    }
+                    (!self.probe()).then_some("redis subscriber missed its probe; reconnecting")
                 }
+            };
+            if let Some(why) = lost {
+                tracing::warn!("{why}");
+                stream = None;
+                self.on_disconnect();
+                backoff = BACKOFF_MIN;
+                reconnect_at = tokio::time::Instant::now() + BACKOFF_MIN;
             }
         }
         self.connected.store(false, Ordering::Relaxed);
         tracing::debug!("redis broker task stopped");
     }
 
+    /// Opens the subscriber connection with the pool's TCP options.
+    async fn open(&self) -> Result<redis::aio::PubSub, String> {
+        let info = self.client.get_connection_info();
+        match &info.addr {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                configure_socket(&tcp).map_err(|e| format!("setting TCP options: {e}"))?;
+                redis::aio::PubSub::new(&info.redis, tcp)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            // Unix sockets (no TCP options apply) and anything else the client supports.
+            _ => self
+                .client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Opens the connection, re-subscribes every held channel, then tells every holder
-    /// to resync.
+    /// to resync. The caller bounds the whole of it by [`reconnect_bound`]; each step has
+    /// its own bound too.
     async fn connect(&mut self) -> Result<PubSubStream, String> {
-        let conn = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
+        let deadline = tokio::time::Instant::now()
+            + reconnect_bound(self.connect_timeout, self.command_timeout);
+        let conn = tokio::time::timeout(self.connect_timeout, self.open())
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "connect timed out".to_string())??;
         let (sink, mut stream) = conn.split();
         self.generation += 1;
         let held: Vec<Arc<str>> = self
@@ -275,7 +352,7 @@ impl Task {
             .map(|(k, _)| k.clone())
             .collect();
         self.entries.retain(|_, e| e.refs > 0);
-        let results = futures_util::stream::iter(held.into_iter().map(|ch| {
+        let resubscribe = futures_util::stream::iter(held.into_iter().map(|ch| {
             let mut sink = sink.clone();
             async move {
                 let r = sink.subscribe(ch.as_ref()).await;
@@ -283,12 +360,17 @@ impl Task {
             }
         }))
         .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await;
+        .collect::<Vec<_>>();
+        let results = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + self.command_timeout),
+            resubscribe,
+        )
+        .await
+        .map_err(|_| "re-subscribe timed out".to_string())?;
         if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
             return Err(format!("re-subscribe failed: {e}"));
         }
-        self.verify(&sink, &mut stream).await?;
+        self.verify(&sink, &mut stream, deadline).await?;
         self.sink = Some(sink);
         for (ch, _) in results {
             if let Some(entry) = self.entries.get_mut(&ch) {
@@ -316,20 +398,48 @@ impl Task {
     }
 
     /// Subscribes the probe channel and waits for one probe to come back through the new
-    /// connection. Messages for other channels that arrive meanwhile are fanned out.
-    async fn verify(&mut self, sink: &PubSubSink, stream: &mut PubSubStream) -> Result<(), String> {
+    /// connection, all before `deadline`. Messages for other channels that arrive
+    /// meanwhile are fanned out.
+    async fn verify(
+        &mut self,
+        sink: &PubSubSink,
+        stream: &mut PubSubStream,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
         let mut sink = sink.clone();
-        sink.subscribe(self.probe_channel.as_ref())
-            .await
-            .map_err(|e| format!("probe subscribe failed: {e}"))?;
+        let step = |t: Duration| deadline.min(tokio::time::Instant::now() + t);
+        tokio::time::timeout_at(
+            step(self.command_timeout),
+            sink.subscribe(self.probe_channel.as_ref()),
+        )
+        .await
+        .map_err(|_| "probe subscribe timed out".to_string())?
+        .map_err(|e| format!("probe subscribe failed: {e}"))?;
         self.probe_seq += 1;
         let seq = self.probe_seq;
-        publish_probe(&self.pool, &self.probe_channel, seq)
-            .await
-            .map_err(|e| format!("probe publish failed: {e}"))?;
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        // After a Redis restart, each pooled connection fails its first command (and then
+        // reconnects by itself), and round-robin may hand out one of those: retry on the
+        // next connection until the step's bound.
+        let publish_by = step(self.command_timeout);
         loop {
-            let msg = tokio::time::timeout_at(deadline, stream.next())
+            let r = tokio::time::timeout_at(
+                publish_by,
+                publish_probe(&self.pool, &self.probe_channel, seq),
+            )
+            .await
+            .map_err(|_| "probe publish timed out".to_string())?;
+            match r {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() + PROBE_RETRY < publish_by => {
+                    tracing::debug!(error = %e, "probe publish failed; retrying");
+                    tokio::time::sleep(PROBE_RETRY).await;
+                }
+                Err(e) => return Err(format!("probe publish failed: {e}")),
+            }
+        }
+        let until = step(self.connect_timeout);
+        loop {
+            let msg = tokio::time::timeout_at(until, stream.next())
                 .await
                 .map_err(|_| "probe did not come back: subscriptions are not live".to_string())?
                 .ok_or_else(|| "connection closed during probe".to_string())?;
@@ -365,7 +475,26 @@ impl Task {
         true
     }
 
+    /// After a failed connect attempt: every queued subscribe request is refused now
+    /// (the caller answers 503 and the browser retries) instead of waiting for an
+    /// attempt that may fail too, and new ones are refused until a connect succeeds.
+    /// Channels still held by live subscriptions stay, to be re-subscribed.
+    fn on_connect_failed(&mut self) {
+        self.refusing = true;
+        self.sink = None;
+        self.connected.store(false, Ordering::Relaxed);
+        self.entries.retain(|_, entry| {
+            let waiters = std::mem::take(&mut entry.waiters);
+            entry.refs = entry.refs.saturating_sub(waiters.len());
+            entry.state = State::Subscribing;
+            entry.refs > 0
+        });
+        self.channels.store(self.entries.len(), Ordering::Relaxed);
+    }
+
     fn on_disconnect(&mut self) {
+        // The first attempt after a loss is expected to succeed: requests wait for it.
+        self.refusing = false;
         self.probe_outstanding = None;
         self.sink = None;
         self.connected.store(false, Ordering::Relaxed);
@@ -402,6 +531,11 @@ impl Task {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Subscribe { channel, reply } => {
+                if self.refusing && self.sink.is_none() {
+                    // Dropping the reply tells the caller that Redis is unavailable.
+                    drop(reply);
+                    return;
+                }
                 let entry = self
                     .entries
                     .entry(channel.clone())
@@ -453,8 +587,16 @@ impl Task {
         }
     }
 
-    fn on_internal(&mut self, i: Internal) {
+    /// Handles a task-internal event. Returns why the connection must be rebuilt, if it
+    /// must.
+    fn on_internal(&mut self, i: Internal) -> Option<&'static str> {
         match i {
+            Internal::Stalled { generation, what } => {
+                if generation == self.generation && self.sink.is_some() {
+                    tracing::warn!(command = what, "redis subscriber command timed out");
+                    return Some("redis subscriber stalled; reconnecting");
+                }
+            }
             Internal::ProbeNotSent { seq } => {
                 if self.probe_outstanding.is_some_and(|(want, _)| want == seq) {
                     self.probe_outstanding = None;
@@ -466,13 +608,11 @@ impl Task {
                 ok,
             } => {
                 if generation != self.generation {
-                    return; // The reconnect path re-subscribed it.
+                    return None; // The reconnect path re-subscribed it.
                 }
-                let Some(entry) = self.entries.get_mut(&channel) else {
-                    return;
-                };
+                let entry = self.entries.get_mut(&channel)?;
                 if entry.state != State::Subscribing {
-                    return;
+                    return None;
                 }
                 let waiters = std::mem::take(&mut entry.waiters);
                 if !ok {
@@ -499,13 +639,11 @@ impl Task {
                 generation,
             } => {
                 if generation != self.generation {
-                    return;
+                    return None;
                 }
-                let Some(entry) = self.entries.get_mut(&channel) else {
-                    return;
-                };
+                let entry = self.entries.get_mut(&channel)?;
                 if entry.state != State::Unsubscribing {
-                    return;
+                    return None;
                 }
                 if entry.refs > 0 {
                     entry.state = State::Subscribing;
@@ -516,6 +654,7 @@ impl Task {
                 self.channels.store(self.entries.len(), Ordering::Relaxed);
             }
         }
+        None
     }
 
     /// Hands each waiter its subscription. A waiter that gave up is not counted.
@@ -549,12 +688,21 @@ impl Task {
         };
         let tx = self.internal.0.clone();
         let generation = self.generation;
+        let bound = self.command_timeout;
         tokio::spawn(async move {
-            let ok = match sink.subscribe(channel.as_ref()).await {
-                Ok(()) => true,
-                Err(e) => {
+            let ok = match tokio::time::timeout(bound, sink.subscribe(channel.as_ref())).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "SUBSCRIBE failed");
                     false
+                }
+                Err(_) => {
+                    // The waiters stay queued; the reconnect re-subscribes the channel.
+                    let _ = tx.send(Internal::Stalled {
+                        generation,
+                        what: "SUBSCRIBE",
+                    });
+                    return;
                 }
             };
             let _ = tx.send(Internal::Subscribed {
@@ -571,9 +719,18 @@ impl Task {
         };
         let tx = self.internal.0.clone();
         let generation = self.generation;
+        let bound = self.command_timeout;
         tokio::spawn(async move {
-            if let Err(e) = sink.unsubscribe(channel.as_ref()).await {
-                tracing::debug!(error = %e, "UNSUBSCRIBE failed");
+            match tokio::time::timeout(bound, sink.unsubscribe(channel.as_ref())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "UNSUBSCRIBE failed"),
+                Err(_) => {
+                    let _ = tx.send(Internal::Stalled {
+                        generation,
+                        what: "UNSUBSCRIBE",
+                    });
+                    return;
+                }
             }
             let _ = tx.send(Internal::Unsubscribed {
                 channel,

@@ -4,28 +4,108 @@
 //! the hot path. Connections are opened lazily and re-tried on the next use if Redis
 //! was down, so a node starts (and reports not-ready) without Redis.
 //!
+//! Every wait is bounded:
+//! - A checkout ([`RedisPool::get`]) waits at most `redis.command_timeout_ms`, also when
+//!   the slot's connection is still being opened. The open itself runs in its own task,
+//!   bounded by `redis.connect_timeout_ms`, shared by every caller that needs that slot
+//!   (single flight): callers never queue one behind another's stuck attempt, and a
+//!   caller that gives up does not cancel the attempt for the others.
+//! - [`RedisPool::ping`] (readiness) answers within `redis.command_timeout_ms`, checkout
+//!   included.
+//! - Every connection (these and the broker's subscriber) has TCP keepalive and, on
+//!   Linux, `TCP_USER_TIMEOUT` ([`tcp_settings`], [`configure_socket`]), so a peer that
+//!   vanished is noticed by the kernel even when no command is waiting.
+//!
 //! With the broker's subscriber connection, a node holds `pool_size + 1` Redis
 //! connections, whatever its client count.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2, TcpSettings};
 use secrecy::ExposeSecret;
-use tokio::sync::OnceCell;
 
 use super::StoreError;
 use crate::config::RedisSettings;
+
+/// Idle time before the first TCP keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Interval between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel drops the connection.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged before the
+/// kernel drops the connection.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn keepalive() -> socket2::TcpKeepalive {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let ka = ka.with_retries(KEEPALIVE_RETRIES);
+    ka
+}
+
+/// The TCP options of every Redis command connection: no Nagle delay, keepalive, and
+/// `TCP_USER_TIMEOUT` where the OS has it.
+pub fn tcp_settings() -> TcpSettings {
+    let s = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive());
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let s = s.set_user_timeout(TCP_USER_TIMEOUT);
+    s
+}
+
+/// Applies the same options as [`tcp_settings`] to a socket opened by hand (the
+/// broker's subscriber connection, which redis-rs 0.32 opens without settings).
+pub fn configure_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    sock.set_tcp_keepalive(&keepalive())?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct RedisPool {
     inner: Arc<Inner>,
 }
 
+/// Why opening a slot's connection failed (cloneable: every waiter gets it).
+#[derive(Clone)]
+enum OpenError {
+    Timeout,
+    Failed(Arc<str>),
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Timeout => StoreError::Timeout,
+            OpenError::Failed(m) => StoreError::Unavailable(m.to_string()),
+        }
+    }
+}
+
+type Opening = Shared<BoxFuture<'static, Result<ConnectionManager, OpenError>>>;
+
+#[derive(Default)]
+struct Slot {
+    conn: OnceLock<ConnectionManager>,
+    /// The attempt in flight, awaited by every caller that needs this slot.
+    opening: Mutex<Option<Opening>>,
+}
+
 struct Inner {
     client: redis::Client,
-    slots: Vec<OnceCell<ConnectionManager>>,
+    slots: Vec<Slot>,
     next: AtomicUsize,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -39,7 +119,7 @@ impl RedisPool {
             inner: Arc::new(Inner {
                 client,
                 slots: (0..settings.pool_size.max(1))
-                    .map(|_| OnceCell::new())
+                    .map(|_| Slot::default())
                     .collect(),
                 next: AtomicUsize::new(0),
                 connect_timeout: settings.connect_timeout(),
@@ -48,55 +128,159 @@ impl RedisPool {
         })
     }
 
-    /// The bound on one command round trip.
+    /// The bound on one command round trip (and on one checkout).
     pub fn command_timeout(&self) -> Duration {
         self.inner.command_timeout
     }
 
-    /// A connection handle (cheap to clone; shares the underlying connection).
+    /// A connection handle (cheap to clone; shares the underlying connection). Waits at
+    /// most the command timeout.
     pub async fn get(&self) -> Result<ConnectionManager, StoreError> {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
-        self.slot(i).await
+        tokio::time::timeout(self.inner.command_timeout, self.slot(i))
+            .await
+            .map_err(|_| StoreError::Timeout)?
     }
 
     async fn slot(&self, i: usize) -> Result<ConnectionManager, StoreError> {
-        let inner = &self.inner;
-        let conn = inner.slots[i]
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(inner.connect_timeout)
-                    .set_response_timeout(inner.command_timeout)
-                    .set_number_of_retries(2)
-                    .set_max_delay(500);
-                tokio::time::timeout(
-                    inner.connect_timeout,
-                    ConnectionManager::new_with_config(inner.client.clone(), cfg),
-                )
-                .await
-                .map_err(|_| StoreError::Timeout)?
-                .map_err(StoreError::from)
-            })
-            .await?;
-        Ok(conn.clone())
-    }
-
-    /// Opens every connection now, so the connection count is constant from the start.
-    pub async fn warm_up(&self) -> Result<(), StoreError> {
-        for i in 0..self.inner.slots.len() {
-            self.slot(i).await?;
+        let slot = &self.inner.slots[i];
+        if let Some(conn) = slot.conn.get() {
+            return Ok(conn.clone());
         }
-        Ok(())
+        let opening = {
+            let mut guard = slot.opening.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = slot.conn.get() {
+                return Ok(conn.clone());
+            }
+            guard.get_or_insert_with(|| self.start_open(i)).clone()
+        };
+        Ok(opening.await?)
     }
 
-    /// `PING` on one connection, for readiness checks.
+    /// Opens slot `i`'s connection in its own task, bounded by the connect timeout. On
+    /// success the slot keeps it; either way the slot forgets the attempt.
+    fn start_open(&self, i: usize) -> Opening {
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(inner.connect_timeout)
+                .set_response_timeout(inner.command_timeout)
+                .set_number_of_retries(2)
+                .set_max_delay(500)
+                .set_tcp_settings(tcp_settings());
+            let r = match tokio::time::timeout(
+                inner.connect_timeout,
+                ConnectionManager::new_with_config(inner.client.clone(), cfg),
+            )
+            .await
+            {
+                Err(_) => Err(OpenError::Timeout),
+                Ok(Err(e)) => Err(OpenError::Failed(Arc::from(e.to_string()))),
+                Ok(Ok(conn)) => Ok(conn),
+            };
+            let slot = &inner.slots[i];
+            if let Ok(conn) = &r {
+                let _ = slot.conn.set(conn.clone());
+            }
+            *slot.opening.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            r
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(OpenError::Failed(Arc::from(e.to_string()))))
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Starts opening every connection and waits for them, at most the connect timeout,
+    /// so the connection count is constant from the start.
+    pub async fn warm_up(&self) -> Result<(), StoreError> {
+        let all = futures_util::future::join_all((0..self.inner.slots.len()).map(|i| self.slot(i)));
+        let results = tokio::time::timeout(self.inner.connect_timeout, all)
+            .await
+            .map_err(|_| StoreError::Timeout)?;
+        results
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ())
+    }
+
+    /// `PING` on one connection, for readiness checks: answers within the command
+    /// timeout, checkout included.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.get().await?;
-        tokio::time::timeout(
-            self.inner.command_timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
+        tokio::time::timeout(self.inner.command_timeout, async {
+            let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+            let mut conn = self.slot(i).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(StoreError::from)
+        })
         .await
         .map_err(|_| StoreError::Timeout)??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A listener that accepts and reads, and never answers: a stalled Redis.
+    async fn stalled_redis() -> (u16, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                conns.spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn checkouts_against_a_stalled_redis_are_bounded_by_the_command_timeout() {
+        let (port, stub) = stalled_redis().await;
+        let settings = RedisSettings {
+            url: format!("redis://127.0.0.1:{port}").into(),
+            key_prefix: "t".into(),
+            pool_size: 2,
+            // The open stays stuck much longer than a caller may wait.
+            connect_timeout_ms: 5_000,
+            command_timeout_ms: 200,
+        };
+        let pool = RedisPool::new(&settings).unwrap();
+        let started = tokio::time::Instant::now();
+        let results = futures_util::future::join_all((0..20).map(|_| {
+            let pool = pool.clone();
+            async move {
+                let t = tokio::time::Instant::now();
+                let r = pool.get().await.map(|_| ());
+                (t.elapsed(), r)
+            }
+        }))
+        .await;
+        for (took, r) in results {
+            assert!(matches!(r, Err(StoreError::Timeout)), "checkout succeeded");
+            assert!(
+                took < Duration::from_millis(700),
+                "a checkout took {took:?}"
+            );
+        }
+        let t = tokio::time::Instant::now();
+        assert!(matches!(pool.ping().await, Err(StoreError::Timeout)));
+        assert!(
+            t.elapsed() < Duration::from_millis(700),
+            "ping took {:?}",
+            t.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        stub.abort();
     }
 }
