@@ -72,6 +72,18 @@ async fn a_callback_completes_only_what_it_was_issued_for() -> Result<()> {
     ws.expect_no_message(2, STEP)
         .await
         .context("a mismatching callback reached the browser")?;
+    // It was handed to reconciliation at once: due now, not `after_secs` after the push.
+    let due: Option<f64> = c
+        .redis
+        .command(&[
+            "ZSCORE",
+            &format!("{}:reconcile:{{q}}:due", c.key_prefix),
+            id,
+        ])
+        .await?;
+    let due = due.context("the payment is not in the reconciliation due set")?;
+    let now_ms = Utc::now().timestamp_millis() as f64;
+    ensure!(due <= now_ms, "due in {} ms, not now", due - now_ms);
 
     // The genuine callback completes it, once.
     let genuine = daraja::success(
