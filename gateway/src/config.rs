@@ -315,21 +315,24 @@ impl Settings for GatewaySettings {
     }
 }
 
+/// The `[reconcile]` defaults of `config/default.toml`, for unit tests.
+#[cfg(test)]
+pub(crate) fn default_reconcile() -> ReconcileSettings {
+    #[derive(Deserialize)]
+    struct Only {
+        reconcile: ReconcileSettings,
+    }
+    let only: Only = shared_config::load(DEFAULTS, None, None, "GATEWAY_UNIT_TEST", &[])
+        .unwrap_or_else(|e| panic!("default.toml [reconcile]: {e}"));
+    only.reconcile
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn reconcile() -> ReconcileSettings {
-        ReconcileSettings {
-            after_secs: 60,
-            max_age_secs: 600,
-            max_queries_per_minute: 30,
-            poll_interval_ms: 1000,
-            batch: 10,
-            claim_ttl_secs: 60,
-            retry_min_ms: 10_000,
-            retry_max_ms: 60_000,
-        }
+        default_reconcile()
     }
 
     #[test]

@@ -439,16 +439,7 @@ mod tests {
     }
 
     fn settings() -> ReconcileSettings {
-        ReconcileSettings {
-            after_secs: 60,
-            max_age_secs: 600,
-            max_queries_per_minute: 30,
-            poll_interval_ms: 1000,
-            batch: 10,
-            claim_ttl_secs: 60,
-            retry_min_ms: 10_000,
-            retry_max_ms: 60_000,
-        }
+        crate::config::default_reconcile()
     }
 
     #[test]

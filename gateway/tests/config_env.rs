@@ -35,34 +35,13 @@ passkey = "p"
 #[test]
 fn deploy_files_use_only_known_keys() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = vec![root.join("scripts/dev-up.sh")];
-    let mut dirs = vec![root.join("deploy")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    let mut seen = 0;
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        seen += text.matches("GATEWAY__").count();
-        let unknown = stk_relay_shared::config::unknown_env_keys_in(
-            &text,
-            "GATEWAY",
-            GatewaySettings::DEFAULTS,
-            GatewaySettings::OPTIONAL_KEYS,
-        )
-        .unwrap();
-        assert!(
-            unknown.is_empty(),
-            "{}: unknown keys {unknown:?}",
-            f.display()
-        );
-    }
+    let (unknown, seen) = stk_relay_shared::config::unknown_keys_in_deploy_files(
+        &root,
+        "GATEWAY",
+        GatewaySettings::DEFAULTS,
+        GatewaySettings::OPTIONAL_KEYS,
+    )
+    .unwrap();
+    assert!(unknown.is_empty(), "unknown keys: {unknown:?}");
     assert!(seen > 10, "only {seen} GATEWAY__ variables found");
 }

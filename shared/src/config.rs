@@ -174,6 +174,48 @@ pub fn unknown_env_keys_in(
     Ok(unknown)
 }
 
+/// The files that ship configuration for the services: everything under `deploy/` and
+/// `scripts/` of the repository at `repo_root`.
+pub fn deploy_files(repo_root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_root.join("deploy"), repo_root.join("scripts")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every `<PREFIX>__…` variable set by the [`deploy_files`] that is not a key of the
+/// service, as `file: VARIABLE`, and how many variables were looked at.
+pub fn unknown_keys_in_deploy_files(
+    repo_root: &Path,
+    env_prefix: &str,
+    defaults: &str,
+    optional_keys: &[&str],
+) -> Result<(Vec<String>, usize), ConfigError> {
+    let marker = format!("{env_prefix}__");
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    let files = deploy_files(repo_root)
+        .map_err(|e| ConfigError::Invalid(format!("reading deploy files: {e}")))?;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        seen += text.matches(&marker).count();
+        for k in unknown_env_keys_in(&text, env_prefix, defaults, optional_keys)? {
+            unknown.push(format!("{}: {k}", f.display()));
+        }
+    }
+    Ok((unknown, seen))
+}
+
 fn check_unknown_keys(
     defaults: &str,
     cfg: &config::Config,
@@ -590,19 +632,12 @@ command_timeout_ms = 1000
     /// Every secret-like value shipped in deploy/ is refused.
     #[test]
     fn every_example_value_in_deploy_is_refused() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let mut files = vec![];
-        let mut dirs = vec![root];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    dirs.push(p);
-                } else {
-                    files.push(p);
-                }
-            }
-        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let files: Vec<PathBuf> = deploy_files(&root)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.starts_with(root.join("deploy")))
+            .collect();
         let mut checked = 0;
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
