@@ -31,7 +31,7 @@ use stk_relay_shared::daraja::client::StkQueryStatus;
 use stk_relay_shared::daraja::types::codes;
 use stk_relay_shared::daraja::{DarajaClient, DarajaError};
 use stk_relay_shared::ids::CheckoutRequestId;
-use stk_relay_shared::payment::{PaymentOutcome, PaymentState, ResultCode};
+use stk_relay_shared::payment::{PaymentOutcome, PaymentState, ResultCode, ResultSource};
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{ApplyOutcome, PaymentStore, Schedule, StoreError};
 use tokio::task::JoinHandle;
@@ -297,7 +297,8 @@ impl Reconciler {
                 result_desc,
             } => {
                 let code = result_code.to_string();
-                let outcome = PaymentOutcome::from_code(result_code, result_desc, now);
+                let outcome = PaymentOutcome::from_code(result_code, result_desc, now)
+                    .with_source(ResultSource::StkQuery);
                 let applied = self.store.apply_trusted(id, &outcome).await?;
                 tracing::info!(
                     checkout_request_id = %id,

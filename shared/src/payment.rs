@@ -146,6 +146,22 @@ impl std::fmt::Display for ResultCode {
     }
 }
 
+/// Where a final result came from. Only a callback carries a receipt number: STK Push
+/// Query answers without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ResultSource {
+    /// Daraja's callback (with `callbacks.confirm_with_query`, one that STK Push Query
+    /// then confirmed).
+    Callback,
+    /// An STK Push Query answer, asked by reconciliation because no callback came: a
+    /// SUCCESS from it has no `mpesaReceiptNumber`.
+    StkQuery,
+    /// Nothing answered within `reconcile.max_age_secs`: the payment was closed as
+    /// `UNCONFIRMED`.
+    Reconciliation,
+}
+
 /// The public `STATE` object. Field names and types are the API contract; the golden
 /// test in this module pins them. Key order is not part of the contract: the store's
 /// script re-encodes final states.
@@ -168,7 +184,11 @@ pub struct PaymentState {
     pub timestamp: DateTime<Utc>,
     /// When the payment became final (RFC 3339, UTC); null while pending.
     pub completed_at: Option<DateTime<Utc>>,
-    /// 1 while pending, 2 once final. Clients keep the highest version they have seen.
+    /// Where the final result came from; null while pending.
+    #[serde(default)]
+    pub result_source: Option<ResultSource>,
+    /// 1 while pending, 2 once final, 3 for a correction after `UNCONFIRMED`. Clients keep
+    /// the highest version they have seen.
     pub version: u64,
 }
 
@@ -202,6 +222,8 @@ pub struct PaymentOutcome {
     pub phone_number: Option<String>,
     pub transaction_date: Option<String>,
     pub completed_at: DateTime<Utc>,
+    /// Where this outcome came from.
+    pub result_source: Option<ResultSource>,
 }
 
 impl PaymentOutcome {
@@ -223,7 +245,14 @@ impl PaymentOutcome {
             phone_number: None,
             transaction_date: None,
             completed_at,
+            result_source: None,
         }
+    }
+
+    /// The same outcome, marked with where it came from.
+    pub fn with_source(mut self, source: ResultSource) -> Self {
+        self.result_source = Some(source);
+        self
     }
 
     /// The outcome given to a payment that nothing confirmed within
@@ -239,6 +268,7 @@ impl PaymentOutcome {
             phone_number: None,
             transaction_date: None,
             completed_at,
+            result_source: Some(ResultSource::Reconciliation),
         }
     }
 }
@@ -282,6 +312,7 @@ impl PaymentState {
             transaction_date: None,
             timestamp: now,
             completed_at: None,
+            result_source: None,
             version: PENDING_VERSION,
         }
     }
@@ -311,6 +342,7 @@ impl PaymentState {
         }
         self.timestamp = outcome.completed_at;
         self.completed_at = Some(outcome.completed_at);
+        self.result_source = outcome.result_source;
         self.version = FINAL_VERSION;
         Transition::Applied
     }
@@ -353,13 +385,14 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"checkoutRequestId":"ws_CO_21072024125130652700961992","merchantRequestId":"2654-4b64-97ff-b827b542881d3130","status":"PENDING","reason":null,"resultCode":null,"resultDesc":null,"mpesaReceiptNumber":null,"amount":100,"phoneNumber":"2547******92","transactionDate":null,"timestamp":"2024-07-21T09:51:30Z","completedAt":null,"version":1}"#
+            r#"{"checkoutRequestId":"ws_CO_21072024125130652700961992","merchantRequestId":"2654-4b64-97ff-b827b542881d3130","status":"PENDING","reason":null,"resultCode":null,"resultDesc":null,"mpesaReceiptNumber":null,"amount":100,"phoneNumber":"2547******92","transactionDate":null,"timestamp":"2024-07-21T09:51:30Z","completedAt":null,"resultSource":null,"version":1}"#
         );
         let mut o = PaymentOutcome::from_code(
             ResultCode::Code(0),
             "The service request is processed successfully.".into(),
             at("2024-07-21T09:51:40Z"),
-        );
+        )
+        .with_source(ResultSource::Callback);
         o.mpesa_receipt_number = Some("NLJ7RT61SV".into());
         o.amount = Some(100);
         o.transaction_date = transaction_date_iso(20240721125138);
@@ -367,7 +400,7 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"checkoutRequestId":"ws_CO_21072024125130652700961992","merchantRequestId":"2654-4b64-97ff-b827b542881d3130","status":"SUCCESS","reason":null,"resultCode":0,"resultDesc":"The service request is processed successfully.","mpesaReceiptNumber":"NLJ7RT61SV","amount":100,"phoneNumber":"2547******92","transactionDate":"2024-07-21T12:51:38+03:00","timestamp":"2024-07-21T09:51:40Z","completedAt":"2024-07-21T09:51:40Z","version":2}"#
+            r#"{"checkoutRequestId":"ws_CO_21072024125130652700961992","merchantRequestId":"2654-4b64-97ff-b827b542881d3130","status":"SUCCESS","reason":null,"resultCode":0,"resultDesc":"The service request is processed successfully.","mpesaReceiptNumber":"NLJ7RT61SV","amount":100,"phoneNumber":"2547******92","transactionDate":"2024-07-21T12:51:38+03:00","timestamp":"2024-07-21T09:51:40Z","completedAt":"2024-07-21T09:51:40Z","resultSource":"CALLBACK","version":2}"#
         );
         let back: PaymentState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);

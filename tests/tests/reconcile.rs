@@ -21,7 +21,8 @@ use stk_relay_shared::config::RedisSettings;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::payment::{
-    FailureReason, PaymentState, PaymentStatus, ResultCode, CORRECTION_VERSION, FINAL_VERSION,
+    FailureReason, PaymentState, PaymentStatus, ResultCode, ResultSource, CORRECTION_VERSION,
+    FINAL_VERSION,
 };
 use stk_relay_shared::store::{RedisPool, Schedule};
 
@@ -113,6 +114,10 @@ async fn lost_callback_is_settled_by_exactly_one_query() -> Result<()> {
     ensure!(
         s.mpesa_receipt_number.is_none(),
         "Query gives no receipt: {s:?}"
+    );
+    ensure!(
+        s.result_source == Some(ResultSource::StkQuery),
+        "the STATE does not say the result came from STK Push Query: {s:?}"
     );
     ensure!(s.amount == Some(250), "the pushed amount is kept: {s:?}");
     ensure!(
@@ -226,6 +231,10 @@ async fn stuck_until_unconfirmed(
         s.result_code.is_none(),
         "no Daraja code for UNCONFIRMED: {s:?}"
     );
+    ensure!(
+        s.result_source == Some(ResultSource::Reconciliation),
+        "{s:?}"
+    );
     ensure!(s.version == FINAL_VERSION, "version is not 2: {s:?}");
     let completed = s.completed_at.context("final without completedAt")?;
     let age = completed - created;
@@ -280,6 +289,7 @@ async fn late_callback_after_unconfirmed_gives_version_3() -> Result<()> {
         s.reason.is_none(),
         "a corrected SUCCESS keeps a reason: {s:?}"
     );
+    ensure!(s.result_source == Some(ResultSource::Callback), "{s:?}");
     Ok(())
 }
 

@@ -49,7 +49,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::ids::{CheckoutRequestId, MerchantRequestId, Msisdn, ValidationError};
-use crate::payment::{transaction_date_iso, PaymentOutcome, ResultCode};
+use crate::payment::{transaction_date_iso, PaymentOutcome, ResultCode, ResultSource};
 
 /// Largest callback body we read. Genuine callbacks are well under 1 KiB.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -167,7 +167,8 @@ impl StkCallback {
     /// its CallbackMetadata says.
     pub fn to_outcome(&self, now: DateTime<Utc>) -> PaymentOutcome {
         let mut outcome =
-            PaymentOutcome::from_code(self.result_code.clone(), self.result_desc.clone(), now);
+            PaymentOutcome::from_code(self.result_code.clone(), self.result_desc.clone(), now)
+                .with_source(ResultSource::Callback);
         if !self.result_code.is_success() {
             return outcome;
         }

@@ -85,6 +85,7 @@ local function merge(state, outcome, version)
   end
   state['timestamp'] = outcome['completedAt']
   state['completedAt'] = outcome['completedAt']
+  state['resultSource'] = outcome['resultSource'] or null
   state['version'] = version
   return cjson.encode(state)
 end
