@@ -32,7 +32,6 @@ use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::payment::PaymentState;
 use stk_relay_shared::store::{PaymentStore, RecordOutcome, Schedule, StoreError};
 
-use crate::reconcile::schedule_pending;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -282,32 +281,43 @@ fn log_abandoned(work: &Work, why: &str) {
     }
 }
 
+/// The pending write: the payment is first put in the reconciliation due set
+/// (`after_secs` after its creation), then recorded. In this order a payment is never
+/// recorded without being scheduled, whatever fails in between; an entry whose record
+/// never lands is dropped by reconciliation when it finds nothing.
+pub async fn write_pending(
+    state: &AppState,
+    store: &PaymentStore,
+    w: &PendingWrite,
+) -> Result<RecordOutcome, StoreError> {
+    let id = &w.state.checkout_request_id;
+    let due =
+        w.state.timestamp + chrono::Duration::seconds(state.settings.reconcile.after_secs as i64);
+    Schedule::new(store.pool().clone(), store.keyspace().clone())
+        .schedule(id, due)
+        .await?;
+    store
+        .record_pending(&w.state, &w.nonce, &w.phone_digest)
+        .await
+}
+
 /// Runs after a payment's pending record is written (or found already written), inline
-/// by the push route or by the background writer: logs the outcome and hands the payment
-/// to reconciliation (STK Push Query): `after_secs` after `created` when pending, at once
-/// when an early callback did not match the push or awaits confirmation.
+/// by the push route or by the background writer: logs the outcome, and hands the payment
+/// to reconciliation at once when an early callback did not match the push or awaits
+/// confirmation ([`write_pending`] already scheduled it for `after_secs`).
 ///
 /// For Redis, use `store` (its pool), not `state.store`: in the writer it is the
 /// writer's own connection, which keeps working during shutdown after the HTTP workers
 /// (on whose runtimes the shared pool may have reconnected) have stopped.
-pub async fn on_recorded(
-    state: &AppState,
-    store: &PaymentStore,
-    id: &CheckoutRequestId,
-    created: chrono::DateTime<chrono::Utc>,
-    outcome: &RecordOutcome,
-) {
-    let schedule = || Schedule::new(store.pool().clone(), store.keyspace().clone());
+pub async fn on_recorded(store: &PaymentStore, id: &CheckoutRequestId, outcome: &RecordOutcome) {
     let due_now = || async {
-        if let Err(e) = schedule().due_now(id).await {
-            tracing::error!(checkout_request_id = %id, error = %e, "could not hand the payment to reconciliation");
+        let schedule = Schedule::new(store.pool().clone(), store.keyspace().clone());
+        if let Err(e) = schedule.due_now(id).await {
+            tracing::error!(checkout_request_id = %id, error = %e, "could not hand the payment to reconciliation now; it stays due at its scheduled time");
         }
     };
     match outcome {
-        RecordOutcome::Pending(_) => {
-            tracing::info!(checkout_request_id = %id, "payment pending");
-            schedule_pending(&schedule(), &state.settings.reconcile, id, created).await;
-        }
+        RecordOutcome::Pending(_) => tracing::info!(checkout_request_id = %id, "payment pending"),
         RecordOutcome::AppliedEarly(_) => tracing::info!(
             checkout_request_id = %id,
             "callback had already arrived; payment final and published"
@@ -320,18 +330,10 @@ pub async fn on_recorded(
             tracing::info!(checkout_request_id = %id, "an early success callback awaits confirmation by STK Push Query");
             due_now().await;
         }
-        RecordOutcome::AlreadyExists(s) => {
-            tracing::warn!(
-                checkout_request_id = %id,
-                "a record for this CheckoutRequestID already existed; left as is"
-            );
-            // A retry of our own write whose first reply was lost: make sure it is due.
-            let pending =
-                stk_relay_shared::payment::StateHead::parse(s).is_ok_and(|h| !h.status.is_final());
-            if pending {
-                schedule_pending(&schedule(), &state.settings.reconcile, id, created).await;
-            }
-        }
+        RecordOutcome::AlreadyExists(_) => tracing::warn!(
+            checkout_request_id = %id,
+            "a record for this CheckoutRequestID already existed; left as is"
+        ),
         RecordOutcome::Collision => {}
     }
 }
@@ -393,11 +395,7 @@ async fn write_once(
 ) -> Result<(), StoreError> {
     if let Some(w) = &work.write {
         let id = &w.state.checkout_request_id;
-        match stores
-            .store
-            .record_pending(&w.state, &w.nonce, &w.phone_digest)
-            .await
-        {
+        match write_pending(state, &stores.store, w).await {
             Ok(RecordOutcome::Collision) => {
                 tracing::error!(
                     checkout_request_id = %id,
@@ -406,7 +404,7 @@ async fn write_once(
             }
             Ok(outcome) => {
                 tracing::info!(checkout_request_id = %id, "queued pending write written");
-                on_recorded(state, &stores.store, id, w.state.timestamp, &outcome).await;
+                on_recorded(&stores.store, id, &outcome).await;
             }
             Err(e) if unreachable(&e) => return Err(e),
             Err(e) => {

@@ -37,7 +37,6 @@ use stk_relay_shared::store::{ApplyOutcome, PaymentStore, Schedule, StoreError};
 use tokio::task::JoinHandle;
 
 use crate::config::ReconcileSettings;
-use crate::startup::AppState;
 
 /// How long `400.002.02` Invalid CheckoutRequestID is read as "Daraja does not know the
 /// id yet" in the logs. Later it is logged at warn; it is still not a verdict.
@@ -145,29 +144,6 @@ pub fn next_due(
     let at = now + chrono::Duration::milliseconds(jittered as i64);
     let deadline = created + chrono::Duration::seconds(settings.max_age_secs as i64);
     at.min(deadline.max(now))
-}
-
-/// Schedules a just-recorded PENDING payment for its first query, `after_secs` after
-/// `created`. A failure is logged, not returned: the payment still completes by its
-/// callback.
-pub async fn schedule_pending(
-    schedule: &Schedule,
-    settings: &ReconcileSettings,
-    id: &CheckoutRequestId,
-    created: DateTime<Utc>,
-) {
-    let due = created + chrono::Duration::seconds(settings.after_secs as i64);
-    if let Err(e) = schedule.schedule(id, due).await {
-        tracing::error!(checkout_request_id = %id, error = %e, "could not schedule the payment for reconciliation");
-    }
-}
-
-impl AppState {
-    /// Schedules a just-recorded PENDING payment for its first query (see
-    /// [`schedule_pending`]).
-    pub async fn schedule_reconcile(&self, id: &CheckoutRequestId, created: DateTime<Utc>) {
-        schedule_pending(&self.schedule, &self.settings.reconcile, id, created).await;
-    }
 }
 
 /// The reconciliation task of one gateway.

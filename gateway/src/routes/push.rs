@@ -26,7 +26,7 @@ use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome, StoreError
 use crate::auth::require_api_key;
 use crate::error::ApiError;
 use crate::idempotency::{valid_key, Begin};
-use crate::pending::{on_recorded, IdemAction, PendingWrite, Slot, Work};
+use crate::pending::{on_recorded, write_pending, IdemAction, PendingWrite, Slot, Work};
 use crate::routes::read_body;
 use crate::startup::AppState;
 
@@ -352,7 +352,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
             }));
         }
         Ok(outcome) => {
-            on_recorded(state, &state.store, &checkout, now, &outcome).await;
+            on_recorded(&state.store, &checkout, &outcome).await;
             let status = match &outcome {
                 RecordOutcome::AppliedEarly(s) | RecordOutcome::AlreadyExists(s) => status_of(s),
                 _ => "PENDING".to_owned(),
@@ -383,9 +383,7 @@ async fn record_inline(state: &AppState, w: &PendingWrite) -> Result<RecordOutco
         ));
     }
     retry_while_unavailable(INLINE_WRITE_BUDGET, "pending write", || {
-        state
-            .store
-            .record_pending(&w.state, &w.nonce, &w.phone_digest)
+        write_pending(state, &state.store, w)
     })
     .await
 }
