@@ -474,3 +474,68 @@ async fn claims_are_exclusive_expire_and_share_one_budget() -> Result<()> {
     );
     Ok(())
 }
+
+/// `callbacks.confirm_with_query`: a success callback is kept, not published, until STK
+/// Push Query confirms it; then the kept outcome (with its receipt) is applied, once. A
+/// success callback that Query contradicts never becomes SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_with_query_publishes_a_success_only_after_query_confirms_it() -> Result<()> {
+    let c = Cluster::start_with(
+        "reconcile_confirm",
+        ClusterOptions {
+            // After 60 s: only the ingest's hand-over can make these payments due sooner.
+            gateway_env: fast(60, 120, 600),
+            ingest_env: vec![kv("INGEST__CALLBACKS__CONFIRM_WITH_QUERY", "true")],
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
+    // Query answers success for this one (no callback of its own)…
+    let good = c.push(0, &sim::phone(71, sim::NO_CALLBACK), 300).await?;
+    // …and "cancelled" for this one, whose own callback is a cancel.
+    let lied = c.push(1, &sim::phone(72, "132"), 310).await?;
+    let mut ws_good = c
+        .ws_connect(1, &good.checkout_request_id, &good.token)
+        .await?;
+    ws_good.expect(MessageType::PaymentUpdate).await?;
+    let mut ws_lied = c
+        .ws_connect(0, &lied.checkout_request_id, &lied.token)
+        .await?;
+    ws_lied.expect(MessageType::PaymentUpdate).await?;
+
+    c.deliver_success(0, &good, 300, &daraja::receipt(71))
+        .await?;
+    c.deliver_success(1, &lied, 310, &daraja::receipt(72))
+        .await?;
+    let s = c
+        .payment_state(0, &good.checkout_request_id, &good.token)
+        .await?;
+    ensure!(
+        s.status == PaymentStatus::Pending,
+        "a success was published before Query confirmed it: {s:?}"
+    );
+
+    let done = ws_good.expect(MessageType::PaymentCompleted).await?.data;
+    ensure!(done.status == PaymentStatus::Success, "{done:?}");
+    ensure!(
+        done.mpesa_receipt_number.as_deref() == Some(daraja::receipt(71).as_str()),
+        "the confirmed success lacks the callback's receipt: {done:?}"
+    );
+    ensure!(
+        done.result_source == Some(ResultSource::Callback),
+        "{done:?}"
+    );
+    ensure!(
+        !queries_for(&c, &good.checkout_request_id).await?.is_empty(),
+        "SUCCESS without an STK Push Query"
+    );
+    ws_good.expect_no_message(2, STEP).await?;
+
+    let other = ws_lied.expect(MessageType::PaymentCompleted).await?.data;
+    ensure!(
+        other.status == PaymentStatus::Failed,
+        "a success callback contradicted by Daraja became {other:?}"
+    );
+    ensure!(other.mpesa_receipt_number.is_none(), "{other:?}");
+    Ok(())
+}
