@@ -15,7 +15,7 @@ use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::net::Cidr;
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule};
+use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule, Storage};
 use stk_relay_shared::token::CallbackTokens;
 use tracing_actix_web::TracingLogger;
 
@@ -43,26 +43,24 @@ pub struct AppState {
     pub schedule: Schedule,
 }
 
-pub struct Application {
-    port: u16,
-    server_settings: ServerSettings,
-    server: Server,
-    shutdown: Shutdown,
+/// The ingest's state and background tasks, without a server of its own:
+/// [`Application`] serves it alone, and standalone mode serves it beside the gateway.
+pub struct Ingest {
     state: web::Data<AppState>,
 }
 
-impl Application {
-    pub async fn build(settings: IngestSettings, shutdown: Shutdown) -> std::io::Result<Self> {
+impl Ingest {
+    /// Wires the store on `storage`, the spool (when configured) and its replay task.
+    pub async fn build(
+        settings: IngestSettings,
+        shutdown: Shutdown,
+        storage: Storage,
+    ) -> std::io::Result<Self> {
         if settings.dev.allow_insecure {
             tracing::warn!("dev.allow_insecure is on: example secrets and plain-http URLs are accepted; never use this in production");
         }
-        let pool = RedisPool::new(&settings.redis)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        if let Err(e) = pool.warm_up().await {
-            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
-        }
         let store = PaymentStore::new(
-            pool,
+            storage,
             Keyspace::new(settings.redis.key_prefix.clone()),
             // Only the gateway's pending write sets a payment's lifetime; the ingest
             // writes final states into records that already have one.
@@ -80,34 +78,66 @@ impl Application {
             }
             None => None,
         };
-        let schedule = Schedule::new(store.pool().clone(), store.keyspace().clone());
+        let schedule = Schedule::new(store.storage().clone(), store.keyspace().clone());
         let state = web::Data::new(AppState {
             schedule,
             callback_tokens: CallbackTokens::new(settings.callback_keys()),
             store,
-            shutdown: shutdown.clone(),
+            shutdown,
             spool: spool.clone(),
             limiter: RefusalLimiter::new(&settings.limits),
             allowed_sources: settings.allowed_sources(),
             trusted_proxies: settings.server.trusted_proxies(),
-            settings: settings.clone(),
+            settings,
         });
         if let Some(spool) = spool {
             tokio::spawn(spool::replay(state.clone(), spool));
         }
+        Ok(Self { state })
+    }
+
+    /// Registers the callback route and the ingest's state on an `App`. Not health
+    /// routes or the fallback: the server adds its own.
+    pub fn configure_callbacks(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+        let data = self.state.clone();
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(data.clone()).route(
+                "/v1/callbacks/stk/{callback_token}",
+                web::post().to(routes::stk_callback::stk_callback),
+            );
+        }
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server_settings: ServerSettings,
+    server: Server,
+    shutdown: Shutdown,
+    ingest: Ingest,
+}
+
+impl Application {
+    /// A cluster ingest node: Redis for storage.
+    pub async fn build(settings: IngestSettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        let pool = RedisPool::new(&settings.redis)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        if let Err(e) = pool.warm_up().await {
+            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
+        }
+        let ingest =
+            Ingest::build(settings.clone(), shutdown.clone(), Storage::Redis(pool)).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
-        let data = state.clone();
+        let data = ingest.state.clone();
+        let callbacks = ingest.configure_callbacks();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<RedactedRootSpan>::new())
                 .app_data(data.clone())
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
-                .route(
-                    "/v1/callbacks/stk/{callback_token}",
-                    web::post().to(routes::stk_callback::stk_callback),
-                )
+                .configure(callbacks.clone())
                 .default_service(web::to(routes::not_found))
         });
         let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
@@ -116,7 +146,7 @@ impl Application {
             server_settings: settings.server.clone(),
             server: server.run(),
             shutdown,
-            state,
+            ingest,
         })
     }
 
@@ -140,7 +170,7 @@ impl Application {
             handle.stop(true).await;
         });
         let r = self.server.await;
-        drop(self.state);
+        drop(self.ingest);
         tracing::info!("stopped");
         r
     }

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use redis::Script;
 use stk_relay_shared::keyspace::Keyspace;
-use stk_relay_shared::store::{RedisPool, StoreError};
+use stk_relay_shared::store::memory::IdemBegin;
+use stk_relay_shared::store::{Storage, StoreError};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
@@ -55,7 +56,7 @@ pub enum Begin {
 
 #[derive(Clone)]
 pub struct Idempotency {
-    pool: RedisPool,
+    storage: Storage,
     keys: Keyspace,
     ttl: Duration,
     in_progress_ttl: Duration,
@@ -70,9 +71,9 @@ pub fn valid_key(k: &str) -> bool {
 impl Idempotency {
     /// `ttl`: how long a finished key is remembered. `in_progress_ttl`: how long a
     /// claimed key lives before its outcome is stored; it must outlive the push.
-    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration, in_progress_ttl: Duration) -> Self {
+    pub fn new(storage: Storage, keys: Keyspace, ttl: Duration, in_progress_ttl: Duration) -> Self {
         Self {
-            pool,
+            storage,
             keys,
             ttl,
             in_progress_ttl,
@@ -88,9 +89,21 @@ impl Idempotency {
         request_hash: &str,
     ) -> Result<(Begin, String), StoreError> {
         let rkey = self.keys.idempotency(client_id, key);
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                let begin = match m.idem_begin(&rkey, request_hash, self.in_progress_ttl) {
+                    IdemBegin::New => Begin::New,
+                    IdemBegin::Conflict => Begin::Conflict,
+                    IdemBegin::InProgress => Begin::InProgress,
+                    IdemBegin::Replay { status, body } => Begin::Replay { status, body },
+                };
+                return Ok((begin, rkey));
+            }
+        };
+        let mut conn = pool.get().await?;
         let reply: Vec<String> = tokio::time::timeout(
-            self.pool.command_timeout(),
+            pool.command_timeout(),
             self.begin
                 .key(&rkey)
                 .arg(request_hash)
@@ -127,7 +140,20 @@ impl Idempotency {
         status: u16,
         body: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.idem_complete(
+                    rkey,
+                    request_hash,
+                    status,
+                    body,
+                    self.ttl.max(self.in_progress_ttl),
+                );
+                return Ok(());
+            }
+        };
+        let mut conn = pool.get().await?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
@@ -142,20 +168,24 @@ impl Idempotency {
             .ignore()
             .expire(rkey, self.ttl.max(self.in_progress_ttl).as_secs() as i64)
             .ignore();
-        tokio::time::timeout(
-            self.pool.command_timeout(),
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
+        tokio::time::timeout(pool.command_timeout(), pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout)??;
         Ok(())
     }
 
     /// Releases a claimed key after a request that certainly sent no push.
     pub async fn abort(&self, rkey: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.idem_remove(rkey);
+                return Ok(());
+            }
+        };
+        let mut conn = pool.get().await?;
         tokio::time::timeout(
-            self.pool.command_timeout(),
+            pool.command_timeout(),
             redis::cmd("DEL").arg(rkey).query_async::<i64>(&mut conn),
         )
         .await

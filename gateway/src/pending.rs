@@ -293,7 +293,7 @@ pub async fn write_pending(
     let id = &w.state.checkout_request_id;
     let due =
         w.state.timestamp + chrono::Duration::seconds(state.settings.reconcile.after_secs as i64);
-    Schedule::new(store.pool().clone(), store.keyspace().clone())
+    Schedule::new(store.storage().clone(), store.keyspace().clone())
         .schedule(id, due)
         .await?;
     store
@@ -311,7 +311,7 @@ pub async fn write_pending(
 /// (on whose runtimes the shared pool may have reconnected) have stopped.
 pub async fn on_recorded(store: &PaymentStore, id: &CheckoutRequestId, outcome: &RecordOutcome) {
     let due_now = || async {
-        let schedule = Schedule::new(store.pool().clone(), store.keyspace().clone());
+        let schedule = Schedule::new(store.storage().clone(), store.keyspace().clone());
         if let Err(e) = schedule.due_now(id).await {
             tracing::error!(checkout_request_id = %id, error = %e, "could not hand the payment to reconciliation now; it stays due at its scheduled time");
         }

@@ -1,8 +1,9 @@
 //! Building and running the gateway.
 //!
-//! `Application::build` wires Redis (command pool + one subscriber connection), the
-//! Daraja client, the reconciliation task ([`crate::reconcile`]) and the HTTP server,
-//! and binds, so `port = 0` works. The node starts while Redis is down and reports
+//! [`Gateway::build`] wires the backends ([`Backends`]: Redis, a command pool and one
+//! subscriber connection, for a cluster node; memory in standalone mode), the Daraja
+//! client, the reconciliation task ([`crate::reconcile`]) and the pending writer.
+//! [`Application`] adds the HTTP server and binds, so `port = 0` works. The node starts while Redis is down and reports
 //! not-ready until it is back. The reconciliation task stops with the shutdown handle.
 //!
 //! Shutdown (actix's own graceful stop does not cover upgraded sockets, so the gateway
@@ -22,15 +23,15 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use stk_relay_shared::broker::redis::RedisBroker;
+use stk_relay_shared::backends::Backends;
 use stk_relay_shared::broker::Broker;
-use stk_relay_shared::config::{RedisSettings, ServerSettings};
+use stk_relay_shared::config::ServerSettings;
 use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule};
+use stk_relay_shared::store::{PaymentStore, Schedule};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 use tokio::sync::Notify;
 use tracing_actix_web::TracingLogger;
@@ -188,44 +189,40 @@ impl AppState {
     }
 }
 
-pub struct Application {
-    port: u16,
-    server_settings: ServerSettings,
-    server: Server,
-    shutdown: Shutdown,
+/// The gateway's state and background tasks, without a server of its own:
+/// [`Application`] serves it alone, and standalone mode serves it beside the ingest on
+/// one port. Both use [`Gateway::configure`] for the routes and the same shutdown steps.
+pub struct Gateway {
     state: web::Data<AppState>,
     writer: tokio::task::JoinHandle<()>,
 }
 
-fn invalid(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-}
-
-impl Application {
-    pub async fn build(settings: GatewaySettings, shutdown: Shutdown) -> std::io::Result<Self> {
+impl Gateway {
+    /// Wires the store, the broker, the Daraja client, the reconciliation task and the
+    /// pending writer on `backends`.
+    pub async fn build(
+        settings: GatewaySettings,
+        shutdown: Shutdown,
+        backends: Backends,
+    ) -> std::io::Result<Self> {
         if settings.dev.allow_insecure {
             tracing::warn!("dev.allow_insecure is on: example secrets and plain-http URLs are accepted; never use this in production");
         }
-        let pool = RedisPool::new(&settings.redis).map_err(invalid)?;
-        if let Err(e) = pool.warm_up().await {
-            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
-        }
-        let broker: Arc<dyn Broker> =
-            Arc::new(RedisBroker::start(&settings.redis, pool.clone()).map_err(invalid)?);
+        let Backends { storage, broker } = backends;
         let keys = Keyspace::new(settings.redis.key_prefix.clone());
         let store = PaymentStore::new(
-            pool.clone(),
+            storage.clone(),
             keys.clone(),
             Duration::from_secs(settings.payments.ttl_secs),
         );
-        let schedule = Schedule::new(pool.clone(), keys.clone());
+        let schedule = Schedule::new(storage.clone(), keys.clone());
 
         // A claimed key must outlive its push: the payment's TTL plus Daraja's timeout.
         let push_lifetime = Duration::from_secs(settings.payments.ttl_secs)
             + Duration::from_millis(settings.daraja.request_timeout_ms)
             + Duration::from_secs(1);
         let idempotency = Idempotency::new(
-            pool,
+            storage.clone(),
             keys.clone(),
             Duration::from_secs(settings.payments.idempotency_ttl_secs),
             push_lifetime,
@@ -256,41 +253,42 @@ impl Application {
             settings: settings.clone(),
         });
         // The background writer has a connection of its own (see `pending::WriterStores`).
-        let writer_pool = RedisPool::new(&RedisSettings {
-            pool_size: 1,
-            ..settings.redis.clone()
-        })
-        .map_err(invalid)?;
+        let writer_storage = storage.for_writer(&settings.redis).map_err(invalid)?;
         let writer_stores = pending::WriterStores {
             store: PaymentStore::new(
-                writer_pool.clone(),
+                writer_storage.clone(),
                 keys.clone(),
                 Duration::from_secs(settings.payments.ttl_secs),
             ),
             idempotency: Idempotency::new(
-                writer_pool,
+                writer_storage,
                 keys.clone(),
                 Duration::from_secs(settings.payments.idempotency_ttl_secs),
                 push_lifetime,
             ),
         };
         let writer = tokio::spawn(pending::run_writer(state.clone(), writer_stores));
+        Ok(Self { state, writer })
+    }
 
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
-        let port = listener.local_addr()?.port();
-        let data = state.clone();
-        let origins = settings.api.allowed_origins.clone();
-        let server = HttpServer::new(move || {
+    /// The shared state (for routes composed beside the gateway's, such as the demo's).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Registers the gateway's routes and state on an `App`: health, push, payment
+    /// reads, WebSocket and SSE. Not the fallback: the server adds its own.
+    pub fn configure(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+        let data = self.state.clone();
+        move |cfg: &mut web::ServiceConfig| {
             let mut cors = Cors::default()
                 .allowed_methods(["GET"])
                 .allowed_headers([actix_web::http::header::AUTHORIZATION])
                 .max_age(600);
-            for o in &origins {
+            for o in &data.settings.api.allowed_origins {
                 cors = cors.allowed_origin(o);
             }
-            App::new()
-                .wrap(TracingLogger::<RedactedRootSpan>::new())
-                .app_data(data.clone())
+            cfg.app_data(data.clone())
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/v1/stk/push", web::post().to(routes::push::push))
@@ -303,37 +301,21 @@ impl Application {
                         .wrap(cors)
                         .route("", web::get().to(routes::payments::get_payment))
                         .route("/events", web::get().to(routes::payments::events)),
-                )
-                .default_service(web::to(routes::fallback))
-        })
-        .on_connect(crate::ws::session::ClientSocket::remember);
-        let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
-        Ok(Self {
-            port,
-            server_settings: settings.server.clone(),
-            server: server.run(),
-            shutdown,
-            state,
-            writer,
-        })
+                );
+        }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
-    pub fn base_url(&self) -> String {
-        self.server_settings.local_url(self.port)
-    }
-
-    /// Serves until the shutdown handle fires, then runs the shutdown sequence.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let shutdown = self.shutdown.clone();
+    /// The first shutdown steps, run when the handle fires: readiness is already 503 and
+    /// sessions close by themselves; this waits (bounded) for them, then stops `server`.
+    /// The receiver gets the deadline for [`Gateway::finish`].
+    pub fn spawn_drain(
+        &self,
+        server: actix_web::dev::ServerHandle,
+    ) -> tokio::sync::oneshot::Receiver<tokio::time::Instant> {
+        let shutdown = self.state.shutdown.clone();
         let state = self.state.clone();
         let bound = self.state.settings.server.shutdown_timeout();
-        let (deadline_tx, mut deadline_rx) = tokio::sync::oneshot::channel();
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             shutdown.wait().await;
             let _ = deadline_tx.send(tokio::time::Instant::now() + bound);
@@ -354,10 +336,16 @@ impl Application {
             if tokio::time::timeout(bound, drained).await.is_err() {
                 tracing::warn!(open = state.connections.current(), "drain bound reached");
             }
-            handle.stop(true).await;
+            server.stop(true).await;
         });
-        let r = self.server.await;
-        let deadline = deadline_rx
+        deadline_rx
+    }
+
+    /// The last shutdown step, after the server has stopped: flushes queued pending
+    /// writes until `deadline` and logs each one that could not be written.
+    pub async fn finish(self, mut deadline: tokio::sync::oneshot::Receiver<tokio::time::Instant>) {
+        let bound = self.state.settings.server.shutdown_timeout();
+        let deadline = deadline
             .try_recv()
             .unwrap_or_else(|_| tokio::time::Instant::now() + bound);
         let queued = self.state.pending.len();
@@ -370,7 +358,67 @@ impl Application {
             let lost = self.state.pending.abandon_all();
             tracing::error!(lost, "shutdown: queued pending writes could not be written");
         }
-        drop(self.state);
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server_settings: ServerSettings,
+    server: Server,
+    gateway: Gateway,
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+}
+
+impl Application {
+    /// A cluster gateway: Redis for storage and broker.
+    pub async fn build(settings: GatewaySettings, shutdown: Shutdown) -> std::io::Result<Self> {
+        let backends = Backends::redis(&settings.redis).await.map_err(invalid)?;
+        Self::build_with(settings, shutdown, backends).await
+    }
+
+    /// A gateway on the given backends, serving alone on `server.host:server.port`.
+    pub async fn build_with(
+        settings: GatewaySettings,
+        shutdown: Shutdown,
+        backends: Backends,
+    ) -> std::io::Result<Self> {
+        let gateway = Gateway::build(settings.clone(), shutdown, backends).await?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let configure = gateway.configure();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::<RedactedRootSpan>::new())
+                .configure(configure.clone())
+                .default_service(web::to(routes::fallback))
+        })
+        .on_connect(crate::ws::session::ClientSocket::remember);
+        let server = stk_relay_shared::http::configure(server, listener, &settings.server)?;
+        Ok(Self {
+            port,
+            server_settings: settings.server.clone(),
+            server: server.run(),
+            gateway,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
+    pub fn base_url(&self) -> String {
+        self.server_settings.local_url(self.port)
+    }
+
+    /// Serves until the shutdown handle fires, then runs the shutdown sequence.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let deadline = self.gateway.spawn_drain(self.server.handle());
+        let r = self.server.await;
+        self.gateway.finish(deadline).await;
         tracing::info!("stopped");
         r
     }

@@ -5,8 +5,9 @@
 //! - [`payment`]: `PaymentState` (the public STATE) and its one transition.
 //! - [`api`]: the public API's wire types and the stable error-code table.
 //! - [`keyspace`]: the only place Redis key and channel names are built.
-//! - [`store`]: payment state in Redis: the one Lua script that changes a status.
+//! - [`store`]: payment state in Redis or in memory: the one set of rules that changes a status.
 //! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
+//! - [`backends`]: the storage and broker a node runs on, chosen by configuration.
 //! - [`text`]: cleaning text from outside, and escaping JSON for browsers.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
 //! - [`net`]: CIDR lists and the client address behind trusted proxies.
@@ -16,6 +17,7 @@
 //! - [`shutdown`]: the explicit shutdown handle.
 
 pub mod api;
+pub mod backends;
 pub mod broker;
 pub mod config;
 pub mod daraja;

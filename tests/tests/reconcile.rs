@@ -376,7 +376,10 @@ async fn schedule_with(redis: &RedisServer, prefix: &str) -> Result<Schedule> {
         "command_timeout_ms": 2000,
     }))?;
     let pool = RedisPool::new(&settings)?;
-    Ok(Schedule::new(pool, Keyspace::new(prefix)))
+    Ok(Schedule::new(
+        stk_relay_shared::store::Storage::Redis(pool),
+        Keyspace::new(prefix),
+    ))
 }
 
 fn id(n: usize) -> CheckoutRequestId {

@@ -38,7 +38,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({"status": "spool full", "spooled": st.pending}));
     }
-    let ping = state.store.pool().ping();
+    let ping = state.store.storage().ping();
     let ping = match spool {
         // With a spool, a slow Redis only means "spooling": answer within a probe's timeout.
         Some(_) => tokio::time::timeout(SPOOLING_PING_BOUND, ping)

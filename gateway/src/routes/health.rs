@@ -19,7 +19,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({"status": "redis subscriber disconnected"}));
     }
-    match state.store.pool().ping().await {
+    match state.store.storage().ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({
             "status": "ready",
             "connections": state.connections.current(),

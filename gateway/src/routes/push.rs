@@ -116,7 +116,7 @@ pub async fn push(
     // fails after this check is covered by the pending-write queue. (With an
     // Idempotency-Key the claim below already needs Redis.)
     if idem_key.is_none() {
-        state.store.pool().ping().await?;
+        state.store.storage().ping().await?;
     }
 
     let request_hash = push.hash();

@@ -57,6 +57,21 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// Publishes at once, synchronously: the in-memory store calls this under its own
+    /// lock, as `payment.lua` publishes inside its script.
+    pub fn publish_now(&self, channel: &str, payload: &str) {
+        let map = match self.shared.channels.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((tx, _)) = map.get(channel) {
+            // No receivers is not an error: nobody is waiting on this payment here.
+            let _ = tx.send(Arc::from(payload));
+        }
+    }
+}
+
 impl Broker for MemoryBroker {
     fn subscribe(&self, channel: &str) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
         let mut map = match self.shared.channels.lock() {
@@ -77,14 +92,7 @@ impl Broker for MemoryBroker {
     }
 
     fn publish(&self, channel: &str, payload: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let map = match self.shared.channels.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((tx, _)) = map.get(channel) {
-            // No receivers is not an error: nobody is waiting on this payment here.
-            let _ = tx.send(Arc::from(payload));
-        }
+        self.publish_now(channel, payload);
         async { Ok(()) }.boxed()
     }
 

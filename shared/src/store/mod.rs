@@ -1,4 +1,9 @@
-//! Payment state in Redis, and the one script that changes a status.
+//! Payment state, and the one set of rules that changes a status.
+//!
+//! [`Storage`] says where state lives, chosen by configuration at run time: Redis (the
+//! cluster), or this process's memory (standalone mode). Everything above it
+//! ([`PaymentStore`], [`Schedule`], the gateway's idempotency records) takes a `Storage`
+//! and never branches on the backend itself, except to talk to it.
 //!
 //! - [`pool`]: the small command pool (a fixed set of multiplexed, self-reconnecting
 //!   connections), separate from the broker's subscriber connection.
@@ -7,7 +12,11 @@
 //!   writes and publishes atomically.
 //! - [`schedule`]: [`schedule::Schedule`]: the due set of pending payments for STK Push
 //!   Query and the cluster's shared Query budget (`schedule.lua`).
+//! - [`memory`]: [`memory::MemoryStorage`]: the in-memory backend. Its payment table
+//!   follows `payment.lua` rule for rule, and `shared/tests/store_cases.rs` runs one
+//!   table of cases against both backends.
 
+pub mod memory;
 pub mod payments;
 pub mod pool;
 pub mod schedule;
@@ -15,6 +24,49 @@ pub mod schedule;
 pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
 pub use pool::RedisPool;
 pub use schedule::Schedule;
+
+pub use memory::MemoryStorage;
+
+/// Where payment state lives.
+#[derive(Clone)]
+pub enum Storage {
+    /// Redis: the cluster's shared state (a fixed pool of command connections).
+    Redis(RedisPool),
+    /// This process's memory: standalone mode. Lost when the process stops.
+    Memory(MemoryStorage),
+}
+
+impl Storage {
+    /// Checks that the backend answers (PING for Redis; memory always does).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Storage::Redis(pool) => pool.ping().await,
+            Storage::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The bound on one backend round trip.
+    pub fn command_timeout(&self) -> std::time::Duration {
+        match self {
+            Storage::Redis(pool) => pool.command_timeout(),
+            Storage::Memory(_) => std::time::Duration::from_secs(1),
+        }
+    }
+
+    /// A second handle for a background writer: for Redis a pool of one connection of
+    /// its own (see `gateway::pending`), for memory the same tables.
+    pub fn for_writer(&self, redis: &crate::config::RedisSettings) -> Result<Storage, StoreError> {
+        match self {
+            Storage::Redis(_) => Ok(Storage::Redis(RedisPool::new(
+                &crate::config::RedisSettings {
+                    pool_size: 1,
+                    ..redis.clone()
+                },
+            )?)),
+            Storage::Memory(m) => Ok(Storage::Memory(m.clone())),
+        }
+    }
+}
 
 /// Runs `op` and retries it while Redis is unreachable (`Unavailable` or `Timeout`),
 /// with backoff from 25 ms doubling to 400 ms, as long as the next attempt starts within

@@ -1,6 +1,8 @@
-//! [`PaymentStore`]: a payment's state in Redis.
+//! [`PaymentStore`]: a payment's state, in Redis or in memory ([`Storage`]).
 //!
-//! Writes go through `payment.lua` only (see the script's header for its contract).
+//! Writes go through `payment.lua` only (see the script's header for its contract), or
+//! its in-memory twin ([`super::memory::payment`]), which takes the same arguments and
+//! gives the same replies.
 //! Reads return the STATE JSON exactly as stored and published, so the gateway can
 //! forward it without re-encoding.
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{RedisPool, StoreError};
+use super::{Storage, StoreError};
 use crate::ids::CheckoutRequestId;
 use crate::keyspace::Keyspace;
 use crate::payment::{PaymentOutcome, PaymentState};
@@ -83,7 +85,7 @@ pub const MAX_EARLY_RECORDS: u32 = 4;
 
 #[derive(Clone)]
 pub struct PaymentStore {
-    pool: RedisPool,
+    storage: Storage,
     keys: Keyspace,
     script: Script,
     ttl: Duration,
@@ -96,9 +98,9 @@ pub const DEFAULT_EARLY_TTL: Duration = Duration::from_secs(300);
 
 impl PaymentStore {
     /// `ttl` bounds how long a payment (pending or final) is kept.
-    pub fn new(pool: RedisPool, keys: Keyspace, ttl: Duration) -> Self {
+    pub fn new(storage: Storage, keys: Keyspace, ttl: Duration) -> Self {
         Self {
-            pool,
+            storage,
             keys,
             script: Script::new(PAYMENT_LUA),
             ttl,
@@ -116,19 +118,27 @@ impl PaymentStore {
         &self.keys
     }
 
-    pub fn pool(&self) -> &RedisPool {
-        &self.pool
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     async fn run(&self, id: &CheckoutRequestId, args: &[&str]) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                return m
+                    .payment_call(&self.keys.payment(id), &self.keys.payment_channel(id), args)
+                    .map_err(StoreError::Protocol)
+            }
+        };
+        let mut conn = pool.get().await?;
         let mut inv = self.script.key(self.keys.payment(id));
         inv.key(self.keys.payment_channel(id));
         for a in args {
             inv.arg(*a);
         }
         let reply: Vec<String> =
-            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+            tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
                 .await
                 .map_err(|_| StoreError::Timeout)??;
         Ok(reply)
@@ -241,9 +251,13 @@ impl PaymentStore {
 
     /// The current STATE JSON, or `None` if no payment (or only an early callback) is known.
     pub async fn get(&self, id: &CheckoutRequestId) -> Result<Option<String>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => return Ok(m.payment_state(&self.keys.payment(id))),
+        };
+        let mut conn = pool.get().await?;
         let state: Option<String> = tokio::time::timeout(
-            self.pool.command_timeout(),
+            pool.command_timeout(),
             redis::cmd("HGET")
                 .arg(self.keys.payment(id))
                 .arg("state")

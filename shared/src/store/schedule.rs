@@ -18,13 +18,16 @@
 //!
 //! Both keys carry the hash tag `{q}`, so one script may touch both under Redis Cluster.
 //! The script never touches a payment key (those live in other slots).
+//!
+//! With [`Storage::Memory`] the same set and bucket live in the process
+//! ([`super::memory::MemoryStorage`]), with the same rules.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::Script;
 
-use super::{RedisPool, StoreError};
+use super::{RedisPool, Storage, StoreError};
 use crate::ids::CheckoutRequestId;
 use crate::keyspace::Keyspace;
 
@@ -33,23 +36,26 @@ static SCHEDULE_LUA: &str = include_str!("schedule.lua");
 /// The due set and the Query budget.
 #[derive(Clone)]
 pub struct Schedule {
-    pool: RedisPool,
+    storage: Storage,
     keys: Keyspace,
     script: Script,
 }
 
 impl Schedule {
-    pub fn new(pool: RedisPool, keys: Keyspace) -> Self {
+    pub fn new(storage: Storage, keys: Keyspace) -> Self {
         Self {
-            pool,
+            storage,
             keys,
             script: Script::new(SCHEDULE_LUA),
         }
     }
 
-    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.pool.get().await?;
-        tokio::time::timeout(self.pool.command_timeout(), cmd.query_async(&mut conn))
+    async fn cmd<T: redis::FromRedisValue>(
+        pool: &RedisPool,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = pool.get().await?;
+        tokio::time::timeout(pool.command_timeout(), cmd.query_async(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout)?
             .map_err(StoreError::from)
@@ -61,60 +67,89 @@ impl Schedule {
         id: &CheckoutRequestId,
         due_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let _: i64 = self
-            .cmd(
-                redis::cmd("ZADD")
-                    .arg(self.keys.reconcile_due())
-                    .arg(due_at.timestamp_millis())
-                    .arg(id.as_str()),
-            )
-            .await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.due_add(id.as_str(), due_at.timestamp_millis());
+                return Ok(());
+            }
+        };
+        let _: i64 = Self::cmd(
+            pool,
+            redis::cmd("ZADD")
+                .arg(self.keys.reconcile_due())
+                .arg(due_at.timestamp_millis())
+                .arg(id.as_str()),
+        )
+        .await?;
         Ok(())
     }
 
     /// Makes `id` due now, unless it is already due earlier. For a payment that must be
     /// reconciled at once (a callback that does not match its push).
     pub async fn due_now(&self, id: &CheckoutRequestId) -> Result<(), StoreError> {
-        let _: i64 = self
-            .cmd(
-                redis::cmd("ZADD")
-                    .arg(self.keys.reconcile_due())
-                    .arg("LT")
-                    .arg(Utc::now().timestamp_millis())
-                    .arg(id.as_str()),
-            )
-            .await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.due_add_lt(id.as_str(), Utc::now().timestamp_millis());
+                return Ok(());
+            }
+        };
+        let _: i64 = Self::cmd(
+            pool,
+            redis::cmd("ZADD")
+                .arg(self.keys.reconcile_due())
+                .arg("LT")
+                .arg(Utc::now().timestamp_millis())
+                .arg(id.as_str()),
+        )
+        .await?;
         Ok(())
     }
 
     /// Takes `id` out of the due set (final, or gone).
     pub async fn remove(&self, id: &CheckoutRequestId) -> Result<(), StoreError> {
-        let _: i64 = self
-            .cmd(
-                redis::cmd("ZREM")
-                    .arg(self.keys.reconcile_due())
-                    .arg(id.as_str()),
-            )
-            .await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.due_remove(id.as_str());
+                return Ok(());
+            }
+        };
+        let _: i64 = Self::cmd(
+            pool,
+            redis::cmd("ZREM")
+                .arg(self.keys.reconcile_due())
+                .arg(id.as_str()),
+        )
+        .await?;
         Ok(())
     }
 
     /// When `id` is next due, if it is scheduled.
     pub async fn due_at(&self, id: &CheckoutRequestId) -> Result<Option<i64>, StoreError> {
-        let score: Option<f64> = self
-            .cmd(
-                redis::cmd("ZSCORE")
-                    .arg(self.keys.reconcile_due())
-                    .arg(id.as_str()),
-            )
-            .await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => return Ok(m.due_score(id.as_str())),
+        };
+        let score: Option<f64> = Self::cmd(
+            pool,
+            redis::cmd("ZSCORE")
+                .arg(self.keys.reconcile_due())
+                .arg(id.as_str()),
+        )
+        .await?;
         Ok(score.map(|s| s as i64))
     }
 
     /// How many payments are scheduled.
     pub async fn count(&self) -> Result<u64, StoreError> {
-        self.cmd(redis::cmd("ZCARD").arg(self.keys.reconcile_due()))
-            .await
+        match &self.storage {
+            Storage::Redis(pool) => {
+                Self::cmd(pool, redis::cmd("ZCARD").arg(self.keys.reconcile_due())).await
+            }
+            Storage::Memory(m) => Ok(m.due_count()),
+        }
     }
 
     /// Claims up to `batch` payments due at `now`, oldest first, limited by the tokens in
@@ -129,20 +164,35 @@ impl Schedule {
         claim_ttl: Duration,
         max_per_minute: u32,
     ) -> Result<Vec<CheckoutRequestId>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let ttl_ms = u64::try_from(claim_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                let raw = m.due_claim(now.timestamp_millis(), batch.max(1), ttl_ms, max_per_minute);
+                let mut out = Vec::with_capacity(raw.len());
+                for member in raw {
+                    match CheckoutRequestId::parse(&member) {
+                        Ok(id) => out.push(id),
+                        Err(_) => {
+                            m.due_remove(&member);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+        };
+        let mut conn = pool.get().await?;
         let mut inv = self.script.key(self.keys.reconcile_due());
         inv.key(self.keys.reconcile_bucket())
             .arg("claim")
             .arg(now.timestamp_millis())
             .arg(batch.max(1))
-            .arg(
-                u64::try_from(claim_ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
+            .arg(ttl_ms)
             .arg(max_per_minute.max(1));
         let raw: Vec<String> =
-            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+            tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
                 .await
                 .map_err(|_| StoreError::Timeout)??;
         let mut out = Vec::with_capacity(raw.len());
@@ -151,13 +201,13 @@ impl Schedule {
                 Ok(id) => out.push(id),
                 Err(_) => {
                     tracing::warn!("dropping a malformed member of the reconcile due set");
-                    let _: i64 = self
-                        .cmd(
-                            redis::cmd("ZREM")
-                                .arg(self.keys.reconcile_due())
-                                .arg(&member),
-                        )
-                        .await?;
+                    let _: i64 = Self::cmd(
+                        pool,
+                        redis::cmd("ZREM")
+                            .arg(self.keys.reconcile_due())
+                            .arg(&member),
+                    )
+                    .await?;
                 }
             }
         }
@@ -170,14 +220,18 @@ impl Schedule {
         if count == 0 {
             return Ok(0.0);
         }
-        let mut conn = self.pool.get().await?;
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => return Ok(m.due_refund(count, max_per_minute)),
+        };
+        let mut conn = pool.get().await?;
         let mut inv = self.script.key(self.keys.reconcile_due());
         inv.key(self.keys.reconcile_bucket())
             .arg("refund")
             .arg(count)
             .arg(max_per_minute.max(1));
         let tokens: String =
-            tokio::time::timeout(self.pool.command_timeout(), inv.invoke_async(&mut conn))
+            tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
                 .await
                 .map_err(|_| StoreError::Timeout)??;
         tokens
