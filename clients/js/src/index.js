@@ -210,8 +210,15 @@ function normalizeOptions(options) {
   };
 }
 
-/** An exception thrown by a user callback must not break the watcher: report it apart. */
+/**
+ * An exception thrown by a user callback must not break the watcher: it is reported the way
+ * the browser reports an uncaught error (`reportError`, or rethrown from a microtask).
+ */
 function reportLater(err) {
+  if (typeof globalThis.reportError === 'function') {
+    globalThis.reportError(err);
+    return;
+  }
   queueMicrotask(() => {
     throw err;
   });

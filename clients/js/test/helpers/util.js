@@ -119,9 +119,10 @@ export function sequence(values) {
 /**
  * Starts a fake server and a watcher wired to it with recording callbacks.
  * `setup(server)` scripts the server before the watcher starts; `options` override
- * the watcher's options.
+ * the watcher's options; `sync({handle, rec, WS, ES})` runs right after watchPayment()
+ * returned, before the watcher has started.
  */
-export async function harness(t, setup, options = {}) {
+export async function harness(t, setup, options = {}, sync = null) {
   const server = await startServer();
   t.after(() => server.stop());
   setup?.(server);
@@ -189,6 +190,8 @@ export async function harness(t, setup, options = {}) {
     },
     ...options,
   });
+  // Runs before the watcher starts (it starts on the next microtask).
+  sync?.({ handle, rec, WS, ES });
   t.after(() => handle.close());
   return { server, handle, rec, timers, WS, ES };
 }
