@@ -513,19 +513,7 @@ export function watchPayment(options) {
     let opened = false;
     let delivered = false;
     const live = () => gen === generation && !ended;
-    ws.onopen = () => {
-      if (live()) opened = true;
-    };
-    ws.onmessage = (ev) => {
-      if (live() && typeof ev.data === 'string' && onMessage(ev.data)) delivered = true;
-    };
-    ws.onerror = () => {}; // a close event always follows
-    ws.onclose = () => {
-      if (!live()) return;
-      closeConnection = null;
-      connectionEnded(opened, delivered);
-    };
-    closeConnection = () => {
+    const detach = () => {
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
       try {
         ws.close(1000);
@@ -533,6 +521,25 @@ export function watchPayment(options) {
         /* already closed */
       }
     };
+    const finished = () => {
+      if (!live()) return;
+      closeConnection = null;
+      detach();
+      connectionEnded(opened, delivered);
+    };
+    ws.onopen = () => {
+      if (live()) opened = true;
+    };
+    ws.onmessage = (ev) => {
+      if (live() && typeof ev.data === 'string' && onMessage(ev.data)) delivered = true;
+    };
+    // Browsers follow an error with a close event; some implementations (older undici)
+    // do not after a failed handshake, so an error before `open` ends the attempt here.
+    ws.onerror = () => {
+      if (!opened) finished();
+    };
+    ws.onclose = finished;
+    closeConnection = detach;
   }
 
   function connectEventSource(gen) {

@@ -2,6 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { NodeWebSocket } from './helpers/browser-shims.js';
 import { gone, harness, ID, pending, success, TOKEN, within } from './helpers/util.js';
 
 for (const [label, refuse] of [
@@ -34,6 +35,33 @@ for (const [label, refuse] of [
     assert.ok(server.requests.includes(`/v1/payments/${ID}/events?token=${encodeURIComponent(TOKEN)}`));
   });
 }
+
+test('a WebSocket that reports a failed handshake with error only (no close event) still falls back', async (t) => {
+  // Node 20's undici WebSocket fires `error` and never `close` after a non-101 answer.
+  class ErrorOnly extends NodeWebSocket {
+    _fail() {
+      if (this.readyState === 3) return;
+      this._req.destroy();
+      this._emit('error');
+    }
+  }
+  const { server, handle, rec } = await harness(
+    t,
+    (s) => {
+      s.ws = (conn) => conn.reject(503);
+      s.get = (conn) => conn.json(pending());
+      s.sse = (conn) => {
+        const stream = conn.accept();
+        stream.send(success());
+        stream.end();
+      };
+    },
+    { WebSocketImpl: ErrorOnly },
+  );
+  await within(handle.done);
+  assert.deepEqual(rec.transports, ['websocket', 'sse']);
+  assert.deepEqual(server.counts, { ws: 3, get: 1, sse: 1 });
+});
 
 test('no WebSocket in the environment: SSE straight away', async (t) => {
   const { server, handle, rec } = await harness(
