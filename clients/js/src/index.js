@@ -303,8 +303,10 @@ export function watchPayment(options) {
   let closeConnection = null; // closes the current WebSocket / EventSource
   let inflight = null; // AbortController of the current GET
 
-  let resolveDone;
-  let rejectDone;
+  /** @type {(state: PaymentState|null) => void} */
+  let resolveDone = () => {};
+  /** @type {(error: PaymentError) => void} */
+  let rejectDone = () => {};
   const done = new Promise((resolve, reject) => {
     resolveDone = resolve;
     rejectDone = reject;
