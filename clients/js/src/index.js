@@ -298,6 +298,7 @@ export function watchPayment(options) {
   let attempt = 0; // backoff exponent: retries since the last message
   let failStreak = 0; // connections in a row that delivered no message
   let preOpenStreak = 0; // connections in a row that failed before opening
+  let everOpened = false; // the current transport has opened at least once
   let generation = 0; // bumped on every teardown; events of older connections are dropped
   let timer = null; // the one pending timer, if any
   let closeConnection = null; // closes the current WebSocket / EventSource
@@ -460,6 +461,7 @@ export function watchPayment(options) {
       attempt = 0;
       failStreak = 0;
       preOpenStreak = 0;
+      everOpened = false;
       call(o.onTransport, name);
       if (!ended) connect();
       return;
@@ -484,12 +486,17 @@ export function watchPayment(options) {
   /**
    * A WebSocket or EventSource connection ended without a final state. Decides between
    * reconnecting, checking the status with one GET, and falling back.
+   *
+   * Falling back is for a transport that cannot work here (no upgrade through a proxy, an
+   * EventSource blocked): once it has opened in this watcher, later failures to open are an
+   * outage of the gateway, and it is retried (with a status check every few failures).
    */
   function connectionEnded(opened, delivered) {
     if (ended || finalState) return;
     if (!delivered) failStreak++;
+    if (opened) everOpened = true;
     preOpenStreak = opened ? 0 : preOpenStreak + 1;
-    if (preOpenStreak >= o.failuresBeforeFallback && hasFallback()) {
+    if (!everOpened && preOpenStreak >= o.failuresBeforeFallback && hasFallback()) {
       checkStatus(nextTransport);
     } else if (failStreak > 0 && failStreak % o.failuresBeforeFallback === 0) {
       checkStatus(scheduleReconnect);

@@ -63,6 +63,29 @@ test('a WebSocket that reports a failed handshake with error only (no close even
   assert.deepEqual(server.counts, { ws: 3, get: 1, sse: 1 });
 });
 
+test('WebSocket that worked, then refused during an outage: no fallback, status checked, recovers', async (t) => {
+  const { server, handle, rec } = await harness(t, (s) => {
+    s.ws = (conn, n) => {
+      if (n === 1) {
+        const ws = conn.accept();
+        ws.send(pending());
+        ws.close(1001); // node draining
+      } else if (n < 8) {
+        conn.reject(503); // every node busy for a while
+      } else {
+        const ws = conn.accept();
+        ws.send(success());
+        ws.close(1000);
+      }
+    };
+    s.get = (conn) => conn.reject(503);
+  });
+  await within(handle.done);
+  assert.deepEqual(rec.transports, ['websocket'], 'upgrades work here: an outage is no reason to fall back');
+  assert.deepEqual(server.counts, { ws: 8, get: 2, sse: 0 });
+  assert.equal(rec.finals.length, 1);
+});
+
 test('no WebSocket in the environment: SSE straight away', async (t) => {
   const { server, handle, rec } = await harness(
     t,
