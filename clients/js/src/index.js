@@ -573,18 +573,19 @@ export function watchPayment(options) {
     es.addEventListener('PAYMENT_COMPLETED', handler);
     // EventSource would reconnect on its own (and re-deliver the final state, or give up
     // silently on HTTP errors): close it and decide here, like for the WebSocket.
-    es.onerror = () => {
-      if (!live()) return;
-      closeConnection = null;
-      es.close();
-      connectionEnded(opened, delivered);
-    };
-    closeConnection = () => {
+    const detach = () => {
       es.onopen = es.onmessage = es.onerror = null;
       es.removeEventListener('PAYMENT_UPDATE', handler);
       es.removeEventListener('PAYMENT_COMPLETED', handler);
       es.close();
     };
+    es.onerror = () => {
+      if (!live()) return;
+      closeConnection = null;
+      detach();
+      connectionEnded(opened, delivered);
+    };
+    closeConnection = detach;
   }
 
   /**

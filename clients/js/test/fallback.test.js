@@ -149,7 +149,7 @@ test('SSE refused too: polling with GET until final', async (t) => {
 
 test('SSE alone: stream ends without a final state (node shutdown), reconnects, final once', async (t) => {
   let first;
-  const { server, handle, rec } = await harness(
+  const { server, handle, rec, ES } = await harness(
     t,
     (s) => {
       s.sse = (conn, n) => {
@@ -168,6 +168,10 @@ test('SSE alone: stream ends without a final state (node shutdown), reconnects, 
   first = rec.waitUpdates(1);
   await within(handle.done);
   assert.deepEqual(server.counts, { ws: 0, get: 0, sse: 2 });
+  for (const es of ES.instances) {
+    assert.equal(es.readyState, 2, 'the client closed each EventSource itself');
+    assert.equal(es.listenerCount('PAYMENT_UPDATE'), 0);
+  }
   assert.deepEqual(rec.log, [
     ['transport', 'sse'],
     ['update', 1],
