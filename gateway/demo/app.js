@@ -316,7 +316,7 @@ function showFinal(attempt, state) {
     showActions(info.retry
       ? { retry: 'No problem — try again', startOver: 'Change details' }
       : { startOver: 'Start over' });
-    announce(`${info.title}. ${info.text}${info.retry ? ' You can try again.' : ''}`);
+    announce(`${info.title}. ${info.text}${info.retry && !/try again/i.test(info.text) ? ' You can try again.' : ''}`);
   }
   setForm('locked');
   const next = el.retry.hidden ? el.title : el.retry;
