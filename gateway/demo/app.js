@@ -1,7 +1,12 @@
 // stk-relay demo checkout. Plain ES module, no build step, no inline handlers.
 // The subscribe token lives only in the closure of one attempt: it is never logged,
 // stored or written into the page.
-import { watchPayment } from '/v1/client.js';
+//
+// The browser client is loaded at once, but through import() rather than a static
+// import, so that if /v1/client.js cannot be loaded the page still works and says so
+// instead of going dead.
+const clientModule = import('/v1/client.js');
+clientModule.catch(() => { /* reported when a payment needs it */ });
 
 const OUTCOME_LABELS = {
   success: 'Success',
@@ -174,10 +179,16 @@ function syncAmount() {
   el.payLabel.textContent = n === null ? 'Pay' : `Pay ${text}`;
 }
 
+let announceTimer = null;
 function announce(message) {
-  // Clear first so that the same sentence twice in a row is still announced.
+  // Clear first so that the same sentence twice in a row is still announced; a newer
+  // message replaces one not yet shown.
+  if (announceTimer) window.clearTimeout(announceTimer);
   el.live.textContent = '';
-  window.setTimeout(() => { el.live.textContent = message; }, 50);
+  announceTimer = window.setTimeout(() => {
+    announceTimer = null;
+    el.live.textContent = message;
+  }, 50);
 }
 
 // busy: a payment is being started or awaited. locked: a result (or an error) is on
@@ -423,6 +434,19 @@ async function startPayment(details) {
   startCountdown(attempt);
   el.title.focus();
 
+  let watchPayment;
+  try {
+    ({ watchPayment } = await clientModule);
+  } catch {
+    watchPayment = null;
+  }
+  if (attempt !== current || attempt.settled) return;
+  if (typeof watchPayment !== 'function') {
+    stopAttempt(attempt);
+    showError('We couldn’t follow this payment', 'Live updates could not be loaded. If you approved the payment on your phone, M-Pesa will send you an SMS; please check it before paying again.', { retry: false });
+    return;
+  }
+
   const controller = new AbortController();
   attempt.controller = controller;
   const onState = (state) => {
@@ -526,6 +550,7 @@ async function loadConfig() {
     el.outcomeField.hidden = true;
     el.simNote.hidden = true;
   }
+  if (!current) setForm('open'); // Pay starts disabled in the markup until now
   document.documentElement.dataset.ready = 'true';
 }
 
