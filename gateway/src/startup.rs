@@ -292,6 +292,7 @@ impl Gateway {
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/v1/stk/push", web::post().to(routes::push::push))
+                .route("/v1/client.js", web::get().to(routes::demo::client_js))
                 .route(
                     "/v1/payments/{checkout_request_id}/ws",
                     web::get().to(routes::payments::ws),

@@ -18,6 +18,31 @@ pub struct PushRequest {
     pub description: Option<String>,
 }
 
+/// `POST /demo/pay` body (standalone mode's demo checkout only). Answered with a
+/// [`PushResponse`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoPayRequest {
+    pub phone: String,
+    /// A JSON number or a numeric string, as for a push.
+    pub amount: serde_json::Value,
+    /// With the simulator: which result it should give (one of
+    /// [`DemoConfig::outcomes`]). Refused without the simulator.
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+/// `GET /demo/config.json`: what the demo page may offer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DemoConfig {
+    /// Whether Daraja is the in-process simulator (then the outcome can be chosen).
+    pub simulator: bool,
+    /// How long the buyer has to answer the prompt, for the page's countdown.
+    pub prompt_secs: u64,
+    /// The outcomes the simulator can be asked for; empty without the simulator.
+    pub outcomes: Vec<String>,
+}
+
 /// `POST /v1/stk/push` success body.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct PushResponse {

@@ -3,7 +3,9 @@
 //! - [`push`]: `POST /v1/stk/push` (merchant backend).
 //! - [`payments`]: `GET /v1/payments/{id}`, `/ws` and `/events` (browsers).
 //! - [`health`]: `GET /healthz`, `GET /readyz`.
+//! - [`demo`]: the demo checkout (standalone mode only) and `GET /v1/client.js`.
 
+pub mod demo;
 pub mod health;
 pub mod payments;
 pub mod push;
@@ -39,7 +41,11 @@ pub async fn fallback(req: HttpRequest) -> HttpResponse {
                 (None, None) | (Some("ws" | "events"), None)
             )
     });
-    let known = p == "/v1/stk/push" || payment_route || p == "/healthz" || p == "/readyz";
+    let known = p == "/v1/stk/push"
+        || payment_route
+        || p == "/healthz"
+        || p == "/readyz"
+        || p == "/v1/client.js";
     if known {
         ApiError::MethodNotAllowed.error_response()
     } else {

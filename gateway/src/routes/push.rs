@@ -35,7 +35,7 @@ use crate::startup::AppState;
 const INLINE_WRITE_BUDGET: Duration = Duration::from_secs(1);
 
 /// A push request after validation.
-struct ValidPush {
+pub(crate) struct ValidPush {
     phone: Msisdn,
     amount: Amount,
     account_reference: AccountReference,
@@ -43,6 +43,21 @@ struct ValidPush {
 }
 
 impl ValidPush {
+    /// A push from values already parsed at the edge (by routes other than this one).
+    pub(crate) fn new(
+        phone: Msisdn,
+        amount: Amount,
+        account_reference: AccountReference,
+        description: Option<TransactionDesc>,
+    ) -> Self {
+        Self {
+            phone,
+            amount,
+            account_reference,
+            description,
+        }
+    }
+
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let raw: PushRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::Malformed(format!(
@@ -169,6 +184,46 @@ pub async fn push(
         }
         Err(f) => {
             finish_idem(&state, idem, slot).await;
+            Err(f.error)
+        }
+    }
+}
+
+/// Sends a push that another route has already authorised its own way (the demo's
+/// endpoint), without an Idempotency-Key: the same steps as [`push`] after its
+/// authentication, from the pending-write reservation to the recorded payment.
+pub(crate) async fn push_authorised(
+    state: &AppState,
+    push: ValidPush,
+) -> Result<PushResponse, ApiError> {
+    let slot = state.pending.reserve().ok_or_else(|| {
+        tracing::warn!("pending-write bound reached; push refused before contacting Daraja");
+        ApiError::Unavailable("pending-write queue full".into())
+    })?;
+    state.store.storage().ping().await?;
+    match initiate(state, push).await {
+        Ok(Accepted {
+            response,
+            unwritten: Some(write),
+        }) => {
+            state.pending.enqueue(
+                Work {
+                    write: Some(write),
+                    idem: None,
+                },
+                slot,
+            );
+            Ok(response)
+        }
+        Ok(Accepted {
+            response,
+            unwritten: None,
+        }) => {
+            finish_idem(state, None, slot).await;
+            Ok(response)
+        }
+        Err(f) => {
+            finish_idem(state, None, slot).await;
             Err(f.error)
         }
     }

@@ -105,7 +105,7 @@ pub enum StoreError {
     Unavailable(String),
     #[error("redis timed out")]
     Timeout,
-    #[error("unexpected reply from redis: {0}")]
+    #[error("unexpected reply from the store: {0}")]
     Protocol(String),
 }
 
