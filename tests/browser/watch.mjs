@@ -104,10 +104,21 @@ const snapshot = () => page.evaluate(() => {
 
 // Wait for onFinal (or for the client to give up with onError), bounded.
 const until = Date.now() + timeoutMs;
+// Each update is also printed as it arrives ({"event":"update",…}), so a test can act
+// once the browser holds the snapshot (kill its gateway, send the callback).
+let emitted = 0;
+const emitUpdates = (r) => {
+  for (; emitted < r.updates.length; emitted++) {
+    const u = r.updates[emitted];
+    emit({ event: 'update', t: u.t, transport: u.transport, status: u.state && u.state.status, version: u.state && u.state.version });
+  }
+};
 let rec = await snapshot();
+emitUpdates(rec);
 while (rec.finals.length === 0 && rec.errors.length === 0 && Date.now() < until) {
   await sleep(50);
   rec = await snapshot();
+  emitUpdates(rec);
 }
 const ended = rec.finals.length > 0 || rec.errors.length > 0;
 if (ended) {

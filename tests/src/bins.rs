@@ -7,7 +7,7 @@
 //! The first caller checks that every binary exists and is newer than every source file
 //! of the service packages (`shared`, `gateway`, `callback-ingest`, `daraja-sim`, the
 //! workspace `Cargo.toml`/`Cargo.lock`). If not, it runs
-//! `cargo build --bins -p <the three packages>` in the same profile and target dir, so
+//! `cargo build --bins -p <the four packages>` in the same profile and target dir, so
 //! the suite never runs stale binaries. (It does not build when they are fresh: a build
 //! from here selects other packages than the outer `cargo test`, so Cargo would unify
 //! features differently and rebuild shared dependencies back and forth.) A failed build
@@ -22,18 +22,22 @@ use std::time::SystemTime;
 pub const GATEWAY_BIN: &str = "stk-relay-gateway";
 pub const INGEST_BIN: &str = "stk-relay-callback-ingest";
 pub const SIM_BIN: &str = "daraja-sim";
-const PACKAGES: [&str; 3] = [
+pub const STANDALONE_BIN: &str = "stk-relay";
+const PACKAGES: [&str; 4] = [
     "stk-relay-gateway",
     "stk-relay-callback-ingest",
     "stk-relay-daraja-sim",
+    "stk-relay",
 ];
 
-/// Paths of the three service binaries and of the target dir they live in.
+/// Paths of the service binaries and of the target dir they live in.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub gateway: PathBuf,
     pub ingest: PathBuf,
     pub sim: PathBuf,
+    /// The standalone process (`stk-relay`).
+    pub standalone: PathBuf,
     /// `…/target`
     pub target_dir: PathBuf,
     /// `…/target/<profile>`
@@ -83,6 +87,7 @@ fn locate_and_build() -> Result<Binaries, String> {
         gateway: profile_dir.join(GATEWAY_BIN),
         ingest: profile_dir.join(INGEST_BIN),
         sim: profile_dir.join(SIM_BIN),
+        standalone: profile_dir.join(STANDALONE_BIN),
         target_dir,
         profile_dir,
     };
@@ -90,7 +95,7 @@ fn locate_and_build() -> Result<Binaries, String> {
     if !flag("STK_E2E_SKIP_BUILD") && (flag("STK_E2E_FORCE_BUILD") || !fresh(&bins)) {
         build(&bins)?;
     }
-    let missing: Vec<String> = [&bins.gateway, &bins.ingest, &bins.sim]
+    let missing: Vec<String> = [&bins.gateway, &bins.ingest, &bins.sim, &bins.standalone]
         .iter()
         .filter(|p| !p.is_file())
         .map(|p| p.display().to_string())
@@ -108,10 +113,17 @@ fn fresh(bins: &Binaries) -> bool {
     for f in ["Cargo.toml", "Cargo.lock"] {
         newest = newest.max(mtime(&root.join(f)));
     }
-    for dir in ["shared", "gateway", "callback-ingest", "daraja-sim"] {
+    for dir in [
+        "shared",
+        "gateway",
+        "callback-ingest",
+        "daraja-sim",
+        "standalone",
+        "clients/js/src",
+    ] {
         newest = newest.max(newest_under(&root.join(dir)));
     }
-    [&bins.gateway, &bins.ingest, &bins.sim]
+    [&bins.gateway, &bins.ingest, &bins.sim, &bins.standalone]
         .iter()
         .all(|b| b.is_file() && mtime(b) > newest)
 }

@@ -11,6 +11,8 @@
 //! - [`expect`]: shared checks on a payment's state.
 //! - [`ws`] and [`sse`]: small browser clients that yield parsed server messages.
 //! - [`wait`]: bounded waiting on a condition (readiness), never a fixed sleep.
+//! - [`browser`]: runs the headless-Chromium scripts of `tests/browser/` and reads their events.
+//! - [`proxy`]: a load-balancer stand-in in front of gateways that can refuse upgrades or paths.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
 //! `STK_E2E_REDIS_SERVER=<path>`; the service binaries are built on first use when stale,
@@ -21,10 +23,12 @@
 //! system fails a test quickly instead of hanging it.
 
 pub mod bins;
+pub mod browser;
 pub mod cluster;
 pub mod daraja;
 pub mod expect;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod sim;
 pub mod sse;
