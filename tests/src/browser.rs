@@ -34,8 +34,14 @@ fn check_setup() -> Result<()> {
     if !Path::new(&chromium).is_file() {
         bail!("{chromium} is missing: run scripts/test.sh, which installs Debian's chromium");
     }
-    if !scripts_dir().join("node_modules").join("playwright-core").is_dir() {
-        bail!("tests/browser/node_modules is missing: run scripts/test.sh (npm ci in tests/browser)");
+    if !scripts_dir()
+        .join("node_modules")
+        .join("playwright-core")
+        .is_dir()
+    {
+        bail!(
+            "tests/browser/node_modules is missing: run scripts/test.sh (npm ci in tests/browser)"
+        );
     }
     Ok(())
 }
@@ -51,10 +57,16 @@ pub struct BrowserRun {
 impl BrowserRun {
     /// Starts `node tests/browser/<script>` with `envs`; its stderr goes to
     /// `<log_dir>/<name>.browser.log`.
-    pub fn start(script: &str, name: &str, envs: &[(String, String)], log_dir: &Path) -> Result<Self> {
+    pub fn start(
+        script: &str,
+        name: &str,
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> Result<Self> {
         check_setup()?;
         let log = log_dir.join(format!("{name}.browser.log"));
-        let err = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new("node")
             .arg(scripts_dir().join(script))
             .current_dir(scripts_dir())
@@ -65,7 +77,10 @@ impl BrowserRun {
             .kill_on_drop(true)
             .spawn()
             .context("spawning node (scripts/test.sh installs Node.js)")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("node stdout not captured"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("node stdout not captured"))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -111,7 +126,10 @@ impl BrowserRun {
                     }
                 }
                 Ok(None) => bail!("browser script ended before {name:?}\n{}", self.context()),
-                Err(_) => bail!("no {name:?} from the browser within {within:?}\n{}", self.context()),
+                Err(_) => bail!(
+                    "no {name:?} from the browser within {within:?}\n{}",
+                    self.context()
+                ),
             }
         }
     }

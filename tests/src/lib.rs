@@ -12,6 +12,7 @@
 //! - [`ws`] and [`sse`]: small browser clients that yield parsed server messages.
 //! - [`wait`]: bounded waiting on a condition (readiness), never a fixed sleep.
 //! - [`browser`]: runs the headless-Chromium scripts of `tests/browser/` and reads their events.
+//! - [`standalone`]: the `stk-relay` process (memory, simulator, demo) on a free port.
 //! - [`proxy`]: a load-balancer stand-in in front of gateways that can refuse upgrades or paths.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
@@ -32,6 +33,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod sim;
 pub mod sse;
+pub mod standalone;
 pub mod wait;
 pub mod ws;
 

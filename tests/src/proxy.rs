@@ -29,7 +29,27 @@ pub struct Proxy {
     addr: SocketAddr,
     rules: Arc<Mutex<Rules>>,
     refused: Arc<AtomicUsize>,
+    log: Arc<RequestLog>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Every request the proxy saw, as `"refused <path>"` or `"forwarded <path> to <backend
+/// index>"` (the first 10,000), with a notification on each.
+#[derive(Default)]
+struct RequestLog {
+    lines: Mutex<Vec<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RequestLog {
+    fn push(&self, line: String) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() < 10_000 {
+            lines.push(line);
+        }
+        drop(lines);
+        self.changed.notify_waiters();
+    }
 }
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -41,13 +61,15 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let rules = Arc::new(Mutex::new(rules));
         let refused = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(RequestLog::default());
         let backends = Arc::new(backends);
-        let (r, n) = (rules.clone(), refused.clone());
+        let (r, n, l) = (rules.clone(), refused.clone(), log.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (rules, refused, backends) = (r.clone(), n.clone(), backends.clone());
+                let (rules, refused, log, backends) =
+                    (r.clone(), n.clone(), l.clone(), backends.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &backends, &rules, &refused).await;
+                    let _ = serve(client, &backends, &rules, &refused, &log).await;
                 });
             }
         });
@@ -55,6 +77,7 @@ impl Proxy {
             addr,
             rules,
             refused,
+            log,
             task,
         })
     }
@@ -67,6 +90,39 @@ impl Proxy {
     /// How many requests the rules refused so far.
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the requests seen so far (see [`RequestLog`]) satisfy `done`, within
+    /// `within`.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.log.changed.notified();
+            {
+                let lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+                if done(&lines) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+                anyhow::bail!("proxy: no {what} within {within:?}; requests: {lines:?}");
+            }
+        }
+    }
+
+    /// The requests seen so far (see [`RequestLog`]).
+    pub fn requests(&self) -> Vec<String> {
+        self.log
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_rules(&self, rules: Rules) {
@@ -93,6 +149,7 @@ async fn serve(
     backends: &[SocketAddr],
     rules: &Mutex<Rules>,
     refused: &AtomicUsize,
+    log: &RequestLog,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(2048);
     let head_end = tokio::time::timeout(Duration::from_secs(10), async {
@@ -119,17 +176,22 @@ async fn serve(
     let path = request_line.split(' ').nth(1).unwrap_or("");
     let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
     let upgrade = headers.iter().any(|h| {
-        h.split_once(':')
-            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket"))
+        h.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket")
+        })
     });
     let refuse = {
         let r = rules.lock().unwrap_or_else(|p| p.into_inner());
         (upgrade && r.refuse_upgrades) || r.refuse_paths.iter().any(|p| path.contains(p.as_str()))
     };
+    let bare_path = path.split('?').next().unwrap_or("").to_owned();
     if refuse {
         refused.fetch_add(1, Ordering::SeqCst);
+        log.push(format!("refused {bare_path}"));
         client
-            .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
             .await?;
         return Ok(());
     }
@@ -152,18 +214,20 @@ async fn serve(
     forwarded.push_str("\r\n");
 
     let mut upstream = None;
-    for b in backends {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(b)).await {
-            upstream = Some(s);
+    for (i, b) in backends.iter().enumerate() {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(b)).await
+        {
+            upstream = Some((i, s));
             break;
         }
     }
-    let Some(mut upstream) = upstream else {
+    let Some((backend, mut upstream)) = upstream else {
         client
             .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .await?;
         return Ok(());
     };
+    log.push(format!("forwarded {bare_path} to {backend}"));
     upstream.write_all(forwarded.as_bytes()).await?;
     upstream.write_all(&buf[head_end..]).await?;
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
