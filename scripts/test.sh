@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README): installs what a fresh Debian machine lacks, then runs every
+# The test command (README): installs what a fresh Debian machine lacks (redis-server,
+# Node.js and npm, Debian's chromium, the browser tests' npm packages), then runs every
 # test of the project. The tests start their own redis-server processes on free ports; the
-# machine's own Redis, if any, is neither needed nor touched.
+# machine's own Redis, if any, is neither needed nor touched. Browser tests drive
+# /usr/bin/chromium (override with CHROMIUM=<path>) through playwright-core.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p stk-relay-e2e --test trust    # arguments go to `cargo test`
@@ -10,9 +12,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-if [ -d clients/js/test ]; then
-  command -v node >/dev/null 2>&1 || missing+=(nodejs)
-fi
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""
@@ -34,6 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   if [ "$policy_added" = 1 ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# The browser tests' one dependency (playwright-core, pinned in package-lock.json). It
+# never downloads a browser of its own: the tests use Debian's chromium.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== npm ci (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cargo test --workspace --locked "$@"
