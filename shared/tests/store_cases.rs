@@ -258,6 +258,8 @@ enum Step {
     Pending {
         nonce: String,
         phd: &'static str,
+        /// The pushed amount (always set by the gateway; `None` tests the script's guard).
+        amount: Option<u32>,
         expect: Rec,
     },
     Callback {
@@ -281,6 +283,17 @@ fn pending(nonce: &str, expect: Rec) -> Step {
     Step::Pending {
         nonce: nonce.into(),
         phd: PHD,
+        amount: Some(AMOUNT),
+        expect,
+    }
+}
+
+/// A pending record with its own phone digest and amount.
+fn pending_with(nonce: &str, phd: &'static str, amount: Option<u32>, expect: Rec) -> Step {
+    Step::Pending {
+        nonce: nonce.into(),
+        phd,
+        amount,
         expect,
     }
 }
@@ -572,6 +585,34 @@ fn cases() -> Vec<Case> {
             flag: None,
         },
         Case {
+            name: "phone_not_checked_without_pushed_digest",
+            steps: vec![
+                pending_with("n1", "", Some(AMOUNT), Rec::Pending),
+                callback_with("n1", success(), binding(MRID, OTHER_PHD), false, A::Applied),
+            ],
+            end: paid_by(2, ResultSource::Callback),
+            published: vec![SUCCESS_V2],
+            flag: None,
+        },
+        Case {
+            name: "no_pushed_amount_no_callback_success",
+            steps: vec![
+                pending_with("n1", PHD, None, Rec::Pending),
+                callback("n1", success(), A::Mismatch("amount".into())),
+                trusted(query_success(), A::Applied),
+            ],
+            end: Some(Final {
+                status: Success,
+                version: 2,
+                reason: None,
+                receipt: None,
+                amount: None,
+                source: Some(ResultSource::StkQuery),
+            }),
+            published: vec![SUCCESS_V2],
+            flag: Some("amount"),
+        },
+        Case {
             name: "everything_mismatches",
             steps: vec![
                 pending("n1", Rec::Pending),
@@ -810,12 +851,15 @@ async fn run_case(
     let mut said_published = Vec::new();
     for (i, step) in case.steps.iter().enumerate() {
         let (kind, state) = match step {
-            Step::Pending { nonce, phd, expect } => {
-                let r = bounded(
-                    "record_pending",
-                    store.record_pending(&pending_state(&id), nonce, phd),
-                )
-                .await?;
+            Step::Pending {
+                nonce,
+                phd,
+                amount,
+                expect,
+            } => {
+                let mut state = pending_state(&id);
+                state.amount = *amount;
+                let r = bounded("record_pending", store.record_pending(&state, nonce, phd)).await?;
                 let (got, state) = record_kind(&r);
                 if got != *expect {
                     fail(
@@ -1043,7 +1087,7 @@ async fn one_table_of_cases_on_both_backends() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases' checks failed:\n{}",
+        "{} checks failed across {} cases:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")

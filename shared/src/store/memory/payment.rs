@@ -710,8 +710,39 @@ mod tests {
                 assert_eq!(r[0], "APPLIED", "{paid}");
             } else {
                 assert_eq!(r, vec!["MISMATCH", "amount"], "{paid}");
+                let fields = &t.lock().map[KEY].fields;
+                assert_eq!(fields["amountMismatch"], "amount");
+                assert_eq!(fields["status"], "PENDING");
             }
         }
+    }
+
+    #[test]
+    fn a_push_without_amount_never_matches_a_success() {
+        let t = PaymentTable::default();
+        let t0 = Instant::now();
+        let mut state = decode_obj(&pending_state(), "STATE").unwrap();
+        state.insert("amount".into(), Value::Null);
+        let state = encode(&state).unwrap();
+        call(&t, &["pending", "n1", &state, "60", "phd-1"], t0)
+            .0
+            .unwrap();
+        let (r, _) = callback(&t, "n1", &success(json!(null)), "300", t0);
+        assert_eq!(
+            r.unwrap(),
+            vec!["MISMATCH", "amount"],
+            "nil == nil must not pass"
+        );
+        // Two values that are not numbers compare equal, as tonumber gives nil for both.
+        let t = PaymentTable::default();
+        let mut state = decode_obj(&pending_state(), "STATE").unwrap();
+        state.insert("amount".into(), json!("abc"));
+        let state = encode(&state).unwrap();
+        call(&t, &["pending", "n1", &state, "60", "phd-1"], t0)
+            .0
+            .unwrap();
+        let (r, _) = callback(&t, "n1", &success(json!("xyz")), "300", t0);
+        assert_eq!(tag(&r), "APPLIED");
     }
 
     #[test]
