@@ -31,7 +31,7 @@ const CLIENT_JS: &str = include_str!("../../../clients/js/src/index.js");
 const MAX_BODY: usize = 4096;
 
 /// The simulator outcomes the page may ask for, and the phone suffix that selects each
-/// (one table with `daraja-sim/src/outcome.rs`; a test checks they agree).
+/// (`daraja-sim/src/outcome.rs` holds the simulator's table; a test checks they agree).
 pub const OUTCOMES: &[(&str, &str)] = &[
     ("success", "000"),
     ("cancelled", "132"),
@@ -182,5 +182,25 @@ mod tests {
             "254712345000"
         );
         assert!(phone_for(&p, "refund").is_err());
+    }
+
+    /// The demo's suffixes give, at the simulator, the results the page promises.
+    #[test]
+    fn suffixes_agree_with_the_simulator() {
+        use stk_relay_daraja_sim::outcome::{behaviour_for, Behaviour};
+        let expected = [
+            ("success", Behaviour::Result(0)),
+            ("cancelled", Behaviour::Result(1032)),
+            ("insufficient_funds", Behaviour::Result(1)),
+            ("wrong_pin", Behaviour::Result(2001)),
+            ("timeout", Behaviour::Result(1037)),
+            ("no_callback", Behaviour::Lost),
+        ];
+        assert_eq!(OUTCOMES.len(), expected.len());
+        let p = Msisdn::parse("0712345678").expect("valid");
+        for (outcome, behaviour) in expected {
+            let phone = phone_for(&p, outcome).expect("known");
+            assert_eq!(behaviour_for(phone.as_str()), behaviour, "{outcome}");
+        }
     }
 }
