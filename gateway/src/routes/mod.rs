@@ -3,7 +3,10 @@
 //! - [`push`]: `POST /v1/stk/push` (merchant backend).
 //! - [`payments`]: `GET /v1/payments/{id}`, `/ws` and `/events` (browsers).
 //! - [`health`]: `GET /healthz`, `GET /readyz`.
+//! - [`compat`]: `/sessions/{token}/initiate` and `/websocket`, the Durable Objects
+//!   design's routes (only with `compat.enabled`).
 
+pub mod compat;
 pub mod health;
 pub mod payments;
 pub mod push;
