@@ -144,3 +144,42 @@ impl SessionStore {
         Ok(SessionRecord::from_value(v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stk_relay_shared::broker::memory::MemoryBroker;
+    use stk_relay_shared::broker::BrokerEvent;
+    use stk_relay_shared::store::MemoryStorage;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn memory_backend_claims_once_binds_and_announces() {
+        let broker = MemoryBroker::new();
+        let keys = Keyspace::new("t");
+        let s = SessionStore::new(Storage::Memory(MemoryStorage::new(broker.clone())), keys);
+        let sid = SessionId::parse("cs_0123456789abcdef").unwrap();
+        assert_eq!(s.get(&sid).await.unwrap(), SessionRecord::Absent);
+        assert!(s.claim(&sid, TTL).await.unwrap());
+        assert!(!s.claim(&sid, TTL).await.unwrap());
+        assert_eq!(s.get(&sid).await.unwrap(), SessionRecord::Claimed);
+        s.release(&sid).await.unwrap();
+        assert!(s.claim(&sid, TTL).await.unwrap());
+
+        let broker: Arc<dyn Broker> = Arc::new(broker);
+        let mut sub = broker
+            .subscribe(&s.keyspace().session_channel(&sid))
+            .await
+            .unwrap();
+        let json = r#"{"checkoutRequestId":"ws_CO_1"}"#;
+        s.bind(&broker, &sid, json, TTL).await.unwrap();
+        assert_eq!(
+            s.get(&sid).await.unwrap(),
+            SessionRecord::Initiated(json.to_owned())
+        );
+        assert_eq!(sub.recv().await, BrokerEvent::Message(json.into()));
+        // Bound is still claimed.
+        assert!(!s.claim(&sid, TTL).await.unwrap());
+    }
+}

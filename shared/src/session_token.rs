@@ -244,6 +244,19 @@ mod tests {
         assert!(tokens().verify(&format!("{body}.{sig}"), NOW).is_ok());
     }
 
+    /// The token `docs/compat.md`'s Node and Python examples print for a fixed sid and
+    /// clock (both print exactly this string).
+    #[test]
+    fn docs_example_vector_verifies() {
+        let t = "eyJzaWQiOiJNREV5TXpRMU5qYzRPV0ZpWTJSbFptZG8iLCJhbW91bnQiOjEwMCwicmVmIjoiT1JERVItMSIsImV4cCI6MTc1MDAwMDkwMCwicGhvbmUiOiIyNTQ3MTIzNDU2NzgifQ.ctX9yirX1-qrC9gRjHSaCIAMQ8-KWdBzARrsKsDWyAw";
+        let c = tokens().verify(t, NOW).unwrap();
+        assert_eq!(c.sid.as_str(), "MDEyMzQ1Njc4OWFiY2RlZmdo");
+        assert_eq!(c.amount.get(), 100);
+        assert_eq!(c.account_reference.as_str(), "ORDER-1");
+        assert_eq!(c.phone.as_ref().map(Msisdn::as_str), Some("254712345678"));
+        assert_eq!(c.exp, NOW + 900);
+    }
+
     #[test]
     fn any_changed_byte_is_refused() {
         let t = tokens().issue(&payload()).unwrap();

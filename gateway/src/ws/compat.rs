@@ -208,3 +208,100 @@ impl FrameSource for CompatFeed {
         matches!(self.stage, Stage::Finished) && self.queue.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use stk_relay_shared::broker::memory::MemoryBroker;
+    use stk_relay_shared::ids::MerchantRequestId;
+    use stk_relay_shared::keyspace::Keyspace;
+    use stk_relay_shared::payment::{PaymentOutcome, ResultCode};
+    use stk_relay_shared::store::{MemoryStorage, Storage};
+
+    async fn frame(feed: &mut CompatFeed) -> CompatMessage {
+        let ev = tokio::time::timeout(Duration::from_secs(5), feed.next_frame())
+            .await
+            .expect("a frame in time");
+        match ev {
+            FeedEvent::Frame(f) => serde_json::from_str(&f).unwrap(),
+            FeedEvent::Closed => panic!("feed closed"),
+        }
+    }
+
+    /// On the memory backend: a socket opened before the initiate learns the push from
+    /// the session channel (the payment's record may not be stored yet: it then waits
+    /// for the first published state), skips pending states, and gets one completion.
+    /// (The memory payment table is another change's; the states are published here as
+    /// the store publishes them.)
+    #[tokio::test]
+    async fn memory_backend_initiated_then_completed() {
+        let mem = MemoryBroker::new();
+        let storage = Storage::Memory(MemoryStorage::new(mem.clone()));
+        let keys = Keyspace::new("t");
+        let broker: Arc<dyn Broker> = Arc::new(mem);
+        let store = PaymentStore::new(storage.clone(), keys.clone(), Duration::from_secs(600));
+        let sessions = SessionStore::new(storage, keys.clone());
+        let sid = SessionId::parse("cs_0123456789abcdef").unwrap();
+
+        let mut feed = CompatFeed::open(&broker, &store, &sessions, sid.clone())
+            .await
+            .unwrap();
+        assert!(!feed.is_done());
+
+        let id = CheckoutRequestId::parse("ws_CO_1").unwrap();
+        let initiated = StkInitiated {
+            status: "PENDING".into(),
+            checkout_request_id: "ws_CO_1".into(),
+            merchant_request_id: "29115-1".into(),
+            timestamp: "2025-01-01T10:00:00Z".into(),
+        };
+        let json = serde_json::to_string(&initiated).unwrap();
+        sessions
+            .bind(&broker, &sid, &json, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(&mut feed).await,
+            CompatMessage::StkInitiated(initiated.clone())
+        );
+        assert!(!feed.is_done());
+
+        let mut state = PaymentState::pending(
+            id.clone(),
+            MerchantRequestId::parse("29115-1").unwrap(),
+            100,
+            "2547******78".into(),
+            Utc::now(),
+        );
+        let channel = keys.payment_channel(&id);
+        let pending_json = serde_json::to_string(&state).unwrap();
+        broker.publish(&channel, &pending_json).await.unwrap();
+        let code = ResultCode::from_text("1032").unwrap();
+        let outcome =
+            PaymentOutcome::from_code(code, "Request cancelled by user".into(), Utc::now());
+        state.apply(&outcome);
+        let final_json = serde_json::to_string(&state).unwrap();
+        broker.publish(&channel, &final_json).await.unwrap();
+        // A duplicate of the final state is not sent again.
+        broker.publish(&channel, &final_json).await.unwrap();
+
+        let CompatMessage::PaymentCompleted(done) = frame(&mut feed).await else {
+            panic!("expected PAYMENT_COMPLETED");
+        };
+        assert_eq!(done.status, stk_relay_shared::compat::CompatStatus::Failed);
+        assert_eq!(done.reason.as_deref(), Some("Request cancelled by user"));
+        assert_eq!(done.reason_code.as_deref(), Some("CANCELLED_BY_USER"));
+        assert_eq!(done.checkout_request_id, "ws_CO_1");
+        assert!(feed.is_done());
+
+        // A socket opened later learns the push from the stored session record.
+        let mut again = CompatFeed::open(&broker, &store, &sessions, sid)
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(&mut again).await,
+            CompatMessage::StkInitiated(initiated)
+        );
+    }
+}
