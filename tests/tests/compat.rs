@@ -19,6 +19,9 @@ use stk_relay_shared::session_token::{SessionPayload, SessionTokens};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+/// The shop's origin, allowed cross-origin (`api.allowed_origins`).
+const SHOP: &str = "https://shop.test";
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -29,6 +32,7 @@ async fn start(name: &str) -> Result<(Cluster, SessionTokens)> {
         gateway_env: vec![
             ("GATEWAY__COMPAT__ENABLED".into(), "true".into()),
             ("GATEWAY__COMPAT__SESSION_SECRET".into(), secret.clone()),
+            ("GATEWAY__API__ALLOWED_ORIGINS".into(), SHOP.into()),
         ],
         ..ClusterOptions::default()
     };
@@ -340,6 +344,61 @@ async fn a_body_that_differs_from_the_token_is_refused() -> Result<()> {
     let (status, resp) = initiate(&c, 1, &token, body(&phone, 300)).await?;
     ensure!(status == 200, "the right body: {status} {resp}");
     ensure!(pushes(&c).await? == 1);
+    Ok(())
+}
+
+/// The initiate is a browser POST from the shop's origin: the CORS preflight and the
+/// POST's answer allow it; another origin gets no CORS grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initiate_allows_the_shops_origin() -> Result<()> {
+    let (c, keys) = start("compat_cors").await?;
+    let phone = sim::phone(8, sim::MANUAL);
+    let token = mint(&keys, &payload(90, Some(&phone)))?;
+    let url = format!("{}/sessions/{token}/initiate", c.gateway(0).url());
+    let preflight = |origin: &'static str| {
+        c.http
+            .request(reqwest::Method::OPTIONS, &url)
+            .timeout(STEP)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let ok = preflight(SHOP).await?;
+    let allowed = ok
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    ensure!(
+        ok.status().is_success() && allowed.as_deref() == Some(SHOP),
+        "preflight from the shop: {} {allowed:?}",
+        ok.status()
+    );
+    let other = preflight("https://evil.test").await?;
+    ensure!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "another origin was granted CORS"
+    );
+    let resp = c
+        .http
+        .post(&url)
+        .timeout(STEP)
+        .header("Origin", SHOP)
+        .json(&body(&phone, 90))
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == 200,
+        "POST from the shop: {}",
+        resp.status()
+    );
+    ensure!(
+        resp.headers()
+            .get("access-control-allow-origin")
+            .is_some_and(|v| v.as_bytes() == SHOP.as_bytes()),
+        "no CORS grant on the POST"
+    );
     Ok(())
 }
 
