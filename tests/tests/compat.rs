@@ -216,6 +216,19 @@ async fn socket_and_initiate_on_different_gateways() -> Result<()> {
     );
     ensure!(expect_close(&mut again).await? == CloseCode::Normal);
     ensure!(pushes(&c).await? == 1, "expected exactly one push");
+
+    // The token never reaches the logs (neither half of it).
+    let (payload_b64, mac_b64) = token.split_once('.').ok_or_else(|| anyhow!("no dot"))?;
+    for gw in &c.gateways {
+        for log in [gw.stdout_log(), gw.stderr_log()] {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            ensure!(
+                !text.contains(payload_b64) && !text.contains(mac_b64),
+                "{} holds the session token",
+                log.display()
+            );
+        }
+    }
     Ok(())
 }
 
