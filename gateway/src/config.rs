@@ -27,6 +27,52 @@ pub struct GatewaySettings {
     pub ws: WsSettings,
     pub reconcile: ReconcileSettings,
     pub dev: DevSettings,
+    pub compat: CompatSettings,
+}
+
+/// `[compat]`: the Durable Objects compatibility routes (`docs/compat.md`). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompatSettings {
+    /// Serve `/sessions/{token}/initiate` and `/sessions/{token}/websocket`.
+    pub enabled: bool,
+    /// HMAC key the merchant's backend signs session tokens with. At least 32 bytes
+    /// when `enabled`; different from the `tokens.*` secrets.
+    pub session_secret: SecretString,
+    /// During a rotation, the previous key, still accepted. Empty: none.
+    pub session_secret_previous: SecretString,
+}
+
+impl CompatSettings {
+    pub fn session_tokens(&self) -> stk_relay_shared::session_token::SessionTokens {
+        stk_relay_shared::session_token::SessionTokens::new(
+            self.session_secret.clone(),
+            Some(self.session_secret_previous.clone()),
+        )
+    }
+
+    fn validate(&self, tokens: &TokenSettings, insecure: bool) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        shared_config::require_secret("compat.session_secret", &self.session_secret, 32)?;
+        shared_config::check_previous_secret(
+            "compat.session_secret",
+            &self.session_secret,
+            &self.session_secret_previous,
+        )?;
+        let s = self.session_secret.expose_secret();
+        if s == tokens.subscribe_secret.expose_secret()
+            || s == tokens.callback_secret.expose_secret()
+        {
+            return Err(ConfigError::Invalid(
+                "compat.session_secret must differ from the tokens.* secrets".into(),
+            ));
+        }
+        if !insecure {
+            shared_config::check_not_example("compat.session_secret", &self.session_secret)?;
+        }
+        Ok(())
+    }
 }
 
 /// Development-only relaxations.
@@ -311,6 +357,7 @@ impl Settings for GatewaySettings {
         }
         self.reconcile
             .validate(self.payments.ttl_secs, self.daraja.request_timeout_ms)?;
+        self.compat.validate(&self.tokens, insecure)?;
         Ok(())
     }
 }
@@ -378,6 +425,22 @@ passkey = "p"
         assert_eq!(s.reconcile.after_secs, 60);
         assert_eq!(s.reconcile.max_age_secs, 600);
         assert_eq!(s.reconcile.max_queries_per_minute, 30);
+        assert!(!s.compat.enabled, "compat must be off by default");
+        let on = |secret: &str| {
+            format!("{base}\n[compat]\nenabled = true\nsession_secret = \"{secret}\"\n")
+        };
+        let ok = GatewaySettings::load_with(None, Some(&on("session-secret-0123456789abcdef0123")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.compat.enabled);
+        for bad in [
+            "",
+            "too-short",
+            "subscribe-secret-0123456789abcdef0123",
+            "replace-with-at-least-32-random-characters-session",
+        ] {
+            let err = GatewaySettings::load_with(None, Some(&on(bad))).expect_err(bad);
+            assert!(err.to_string().contains("compat.session_secret"), "{err}");
+        }
         let bad = format!("{base}\n[reconcile]\nafter_secs = 600\n");
         let err = GatewaySettings::load_with(None, Some(&bad)).expect_err("after >= max_age");
         assert!(err.to_string().contains("reconcile.after_secs"), "{err}");

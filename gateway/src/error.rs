@@ -46,6 +46,10 @@ pub enum ApiError {
     TooManyConnections(String),
     #[error("internal error")]
     Internal(String),
+    #[error(
+        "this session token has already started its payment; the merchant must issue a new one"
+    )]
+    SessionAlreadyStarted,
 }
 
 impl ApiError {
@@ -67,6 +71,7 @@ impl ApiError {
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Self::TooManyConnections(_) => ErrorCode::TooManyConnections,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::SessionAlreadyStarted => ErrorCode::SessionAlreadyStarted,
         }
     }
 

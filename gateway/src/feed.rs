@@ -69,23 +69,44 @@ impl PaymentFeed {
         store: &PaymentStore,
         id: CheckoutRequestId,
     ) -> Result<(Self, String), FeedError> {
+        let (feed, first) = Self::open_states(broker, store, id, false).await?;
+        let (status, state) = first.ok_or(FeedError::NotFound)?;
+        Ok((feed, frame_for(status, &state)))
+    }
+
+    /// Subscribes, then reads, and yields states instead of frames (for a connection that
+    /// speaks another protocol, `crate::ws::compat`). With `allow_missing`, a payment not
+    /// stored yet (its pending write is still queued) is no error: the snapshot is `None`
+    /// and the feed waits for its first published state.
+    pub async fn open_states(
+        broker: &Arc<dyn Broker>,
+        store: &PaymentStore,
+        id: CheckoutRequestId,
+        allow_missing: bool,
+    ) -> Result<(Self, Option<(PaymentStatus, String)>), FeedError> {
         let sub = broker
             .subscribe(&store.keyspace().payment_channel(&id))
             .await?;
-        let state = store.get(&id).await?.ok_or(FeedError::NotFound)?;
-        let h = head(&state)?;
-        let frame = frame_for(h.status, &state);
+        let (first, last_version) = match store.get(&id).await? {
+            Some(state) => {
+                let h = head(&state)?;
+                (Some((h.status, state)), h.version)
+            }
+            None if allow_missing => (None, 0),
+            None => return Err(FeedError::NotFound),
+        };
+        let done = first.as_ref().is_some_and(|(s, _)| s.is_final());
         Ok((
             Self {
                 sub,
                 store: store.clone(),
                 id,
-                last_version: h.version,
-                done: h.status.is_final(),
+                last_version,
+                done,
                 needs_resync: false,
                 resync_failures: 0,
             },
-            frame,
+            first,
         ))
     }
 
@@ -97,6 +118,15 @@ impl PaymentFeed {
     /// Waits for the next frame to send. Cancel-safe. After the final frame it waits
     /// forever (callers stop asking once `is_done`).
     pub async fn next(&mut self) -> FeedEvent {
+        match self.next_state().await {
+            Some((status, state)) => FeedEvent::Frame(frame_for(status, &state)),
+            None => FeedEvent::Closed,
+        }
+    }
+
+    /// [`PaymentFeed::next`] before framing: the next newer state, or `None` when the
+    /// broker is gone. Cancel-safe.
+    pub async fn next_state(&mut self) -> Option<(PaymentStatus, String)> {
         loop {
             if self.done {
                 return std::future::pending().await;
@@ -107,7 +137,7 @@ impl PaymentFeed {
                         self.needs_resync = false;
                         self.resync_failures = 0;
                         if let Some(f) = self.accept(&state) {
-                            return FeedEvent::Frame(f);
+                            return Some(f);
                         }
                     }
                     Ok(None) => self.needs_resync = false,
@@ -131,17 +161,17 @@ impl PaymentFeed {
             match self.sub.recv().await {
                 BrokerEvent::Message(state) => {
                     if let Some(f) = self.accept(&state) {
-                        return FeedEvent::Frame(f);
+                        return Some(f);
                     }
                 }
                 BrokerEvent::Resync => self.needs_resync = true,
-                BrokerEvent::Closed => return FeedEvent::Closed,
+                BrokerEvent::Closed => return None,
             }
         }
     }
 
-    /// Turns a newer state into a frame; older or equal versions are dropped.
-    fn accept(&mut self, state: &str) -> Option<String> {
+    /// Passes a newer state on; older or equal versions are dropped.
+    fn accept(&mut self, state: &str) -> Option<(PaymentStatus, String)> {
         let h = match head(state) {
             Ok(h) => h,
             Err(e) => {
@@ -156,6 +186,6 @@ impl PaymentFeed {
         if h.status.is_final() {
             self.done = true;
         }
-        Some(frame_for(h.status, state))
+        Some((h.status, state.to_owned()))
     }
 }

@@ -7,6 +7,7 @@
 //! - [`routes`]: HTTP handlers: push, payment state, WebSocket and SSE upgrades, health.
 //! - [`auth`]: merchant API keys and browser subscribe tokens.
 //! - [`idempotency`]: `Idempotency-Key` records in Redis.
+//! - [`sessions`]: compatibility sessions (claim once, then the push) in Redis.
 //! - [`pending`]: the bounded background queue of pending writes Redis did not take yet.
 //! - [`feed`]: subscribe-then-read: the frames one browser connection receives.
 //! - [`ws`]: the WebSocket session loop and the browser protocol.
@@ -23,5 +24,6 @@ pub mod reconcile;
 
 pub mod pending;
 pub mod routes;
+pub mod sessions;
 pub mod startup;
 pub mod ws;

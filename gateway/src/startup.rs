@@ -303,6 +303,9 @@ impl Gateway {
                         .route("", web::get().to(routes::payments::get_payment))
                         .route("/events", web::get().to(routes::payments::events)),
                 );
+            if data.settings.compat.enabled {
+                routes::compat::register(cfg, &data);
+            }
         }
     }
 

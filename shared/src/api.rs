@@ -163,6 +163,8 @@ pub enum ErrorCode {
     DarajaTimeout,
     /// Anything else; details are in the server log.
     Internal,
+    /// A compatibility session token already started its one push.
+    SessionAlreadyStarted,
 }
 
 impl ErrorCode {
@@ -173,7 +175,9 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound | Self::PaymentNotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::IdempotencyKeyReused | Self::IdempotencyInProgress => 409,
+            Self::IdempotencyKeyReused
+            | Self::IdempotencyInProgress
+            | Self::SessionAlreadyStarted => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ValidationFailed => 422,

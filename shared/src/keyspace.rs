@@ -12,6 +12,8 @@
 //! | `<prefix>:node:{<random id>}:probe` | pub/sub channel | liveness probes of one node's subscriber connection |
 //! | `<prefix>:reconcile:{q}:due` | sorted set | pending payments by the time (ms) they are next due for an STK Push Query |
 //! | `<prefix>:reconcile:{q}:bucket` | hash | the cluster's shared STK Push Query token bucket |
+//! | `<prefix>:sess:{<sid>}` | string | a compatibility session: `-` once its token is claimed, then its `STK_INITIATED` JSON |
+//! | `<prefix>:sess:{<sid>}:ch` | pub/sub channel | the session's `STK_INITIATED` JSON, published once |
 //!
 //! The reconciliation keys share the hash tag `{q}`, so one script may touch both.
 
@@ -85,6 +87,17 @@ impl Keyspace {
         }
         format!("{}:idem:{{{}}}", self.prefix, hex)
     }
+
+    /// A compatibility session (`/sessions/{token}/…`): claimed once, then mapped to its
+    /// push. `sid` is a validated `session_token::SessionId`.
+    pub fn session(&self, sid: &crate::session_token::SessionId) -> String {
+        format!("{}:sess:{{{}}}", self.prefix, sid.as_str())
+    }
+
+    /// The channel on which a compatibility session's push is announced.
+    pub fn session_channel(&self, sid: &crate::session_token::SessionId) -> String {
+        format!("{}:sess:{{{}}}:ch", self.prefix, sid.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +119,12 @@ mod tests {
         let b = ks.idempotency("merchant-b", "k1");
         assert_ne!(a, b);
         assert!(a.starts_with("stk:idem:{") && a.ends_with('}'));
+        let sid = crate::session_token::SessionId::parse("cs_0123456789abcdef").unwrap();
+        assert_eq!(ks.session(&sid), "stk:sess:{cs_0123456789abcdef}");
+        assert_eq!(
+            ks.session_channel(&sid),
+            "stk:sess:{cs_0123456789abcdef}:ch"
+        );
+        assert_eq!(ks.checkout_id_of_channel(&ks.session_channel(&sid)), None);
     }
 }

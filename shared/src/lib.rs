@@ -10,6 +10,8 @@
 //! - [`backends`]: the storage and broker a node runs on, chosen by configuration.
 //! - [`text`]: cleaning text from outside, and escaping JSON for browsers.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
+//! - [`session_token`]: merchant-signed checkout session tokens of the compatibility routes.
+//! - [`compat`]: wire types of the Durable Objects compatibility routes.
 //! - [`net`]: CIDR lists and the client address behind trusted proxies.
 //! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
 //! - [`config`]: layered configuration loading and the shared settings sections.
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod backends;
 pub mod broker;
+pub mod compat;
 pub mod config;
 pub mod daraja;
 pub mod http;
@@ -26,6 +29,7 @@ pub mod ids;
 pub mod keyspace;
 pub mod net;
 pub mod payment;
+pub mod session_token;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

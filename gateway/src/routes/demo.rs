@@ -18,7 +18,7 @@ use stk_relay_shared::api::{DemoConfig, DemoPayRequest};
 use stk_relay_shared::ids::{AccountReference, Amount, Msisdn, TransactionDesc, ValidationError};
 
 use crate::error::ApiError;
-use crate::routes::push::{push_authorised, ValidPush};
+use crate::routes::push::{send_push, ValidPush};
 use crate::routes::read_body;
 use crate::startup::AppState;
 
@@ -159,7 +159,7 @@ async fn pay(
         AccountReference::parse("DEMO")?,
         Some(TransactionDesc::parse("Demo checkout")?),
     );
-    let response = push_authorised(&state, push).await?;
+    let response = send_push(&state, push).await.map_err(|f| f.error)?;
     tracing::Span::current().record("checkout_request_id", response.checkout_request_id.as_str());
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -4,7 +4,10 @@
 //! - [`payments`]: `GET /v1/payments/{id}`, `/ws` and `/events` (browsers).
 //! - [`health`]: `GET /healthz`, `GET /readyz`.
 //! - [`demo`]: the demo checkout (standalone mode only) and `GET /v1/client.js`.
+//! - [`compat`]: `/sessions/{token}/initiate` and `/websocket`, the Durable Objects
+//!   design's routes (only with `compat.enabled`).
 
+pub mod compat;
 pub mod demo;
 pub mod health;
 pub mod payments;

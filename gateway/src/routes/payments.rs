@@ -56,7 +56,7 @@ fn authorize(
 
 /// With `allowed_origins` set, a browser WebSocket must come from one of them.
 /// Non-browser clients send no Origin and are let through (they hold a token).
-fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+pub(crate) fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
     if allowed.is_empty() {
         return Ok(());
     }
@@ -79,7 +79,7 @@ fn admit(
     state.admit(id, ip)
 }
 
-fn feed_error(e: FeedError) -> ApiError {
+pub(crate) fn feed_error(e: FeedError) -> ApiError {
     match e {
         FeedError::NotFound => ApiError::PaymentNotFound,
         FeedError::Broker(e) => ApiError::Unavailable(e.to_string()),
@@ -134,7 +134,7 @@ pub async fn ws(
             ws_session,
             msgs,
             feed,
-            first,
+            Some(first),
             cfg,
             state.shutdown.clone(),
             ClientSocket::of(&req),

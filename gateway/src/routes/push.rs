@@ -36,10 +36,10 @@ const INLINE_WRITE_BUDGET: Duration = Duration::from_secs(1);
 
 /// A push request after validation.
 pub(crate) struct ValidPush {
-    phone: Msisdn,
-    amount: Amount,
-    account_reference: AccountReference,
-    description: Option<TransactionDesc>,
+    pub(crate) phone: Msisdn,
+    pub(crate) amount: Amount,
+    pub(crate) account_reference: AccountReference,
+    pub(crate) description: Option<TransactionDesc>,
 }
 
 impl ValidPush {
@@ -120,45 +120,37 @@ pub async fn push(
     }
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = ValidPush::parse(&body)?;
+    let Some(idem_key) = idem_key else {
+        return send_push(&state, push)
+            .await
+            .map(|response| HttpResponse::Ok().json(response))
+            .map_err(|f| f.error);
+    };
 
-    // A prompt must never be sent that could not be recorded: the push takes its place in
-    // the pending-write bound before Daraja is contacted, and is refused if there is none.
-    let slot = state.pending.reserve().ok_or_else(|| {
-        tracing::warn!("pending-write bound reached; push refused before contacting Daraja");
-        ApiError::Unavailable("pending-write queue full".into())
-    })?;
-    // While Redis is down no push starts: the browser could not follow it. A Redis that
-    // fails after this check is covered by the pending-write queue. (With an
-    // Idempotency-Key the claim below already needs Redis.)
-    if idem_key.is_none() {
-        state.store.storage().ping().await?;
-    }
-
+    let slot = reserve_slot(&state)?;
+    // The claim below needs Redis, so no push starts while it is down.
     let request_hash = push.hash();
-    let record_key = match idem_key {
-        None => None,
-        Some(k) => match state
-            .idempotency
-            .begin(&client.id, k, &request_hash)
-            .await?
-        {
-            (Begin::New, rkey) => Some(rkey),
-            (Begin::Replay { status, body }, _) => {
-                tracing::info!("idempotent replay");
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                return Ok(HttpResponse::build(status)
-                    .content_type("application/json")
-                    .insert_header(("Idempotent-Replayed", "true"))
-                    .body(body));
-            }
-            (Begin::Conflict, _) => return Err(ApiError::IdempotencyKeyReused),
-            (Begin::InProgress, _) => return Err(ApiError::IdempotencyInProgress),
-        },
+    let rkey = match state
+        .idempotency
+        .begin(&client.id, idem_key, &request_hash)
+        .await?
+    {
+        (Begin::New, rkey) => rkey,
+        (Begin::Replay { status, body }, _) => {
+            tracing::info!("idempotent replay");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Ok(HttpResponse::build(status)
+                .content_type("application/json")
+                .insert_header(("Idempotent-Replayed", "true"))
+                .body(body));
+        }
+        (Begin::Conflict, _) => return Err(ApiError::IdempotencyKeyReused),
+        (Begin::InProgress, _) => return Err(ApiError::IdempotencyInProgress),
     };
 
     let result = initiate(&state, push).await;
 
-    let idem = record_key.and_then(|rkey| idem_action(rkey, request_hash, &result));
+    let idem = idem_action(rkey, request_hash, &result);
     match result {
         Ok(Accepted {
             response,
@@ -189,23 +181,36 @@ pub async fn push(
     }
 }
 
-/// Sends a push that another route has already authorised its own way (the demo's
-/// endpoint), without an Idempotency-Key: the same steps as [`push`] after its
-/// authentication, from the pending-write reservation to the recorded payment.
-pub(crate) async fn push_authorised(
-    state: &AppState,
-    push: ValidPush,
-) -> Result<PushResponse, ApiError> {
-    let slot = state.pending.reserve().ok_or_else(|| {
+/// A prompt must never be sent that could not be recorded: the push takes its place in
+/// the pending-write bound before Daraja is contacted, and is refused if there is none.
+fn reserve_slot(state: &AppState) -> Result<Slot, ApiError> {
+    state.pending.reserve().ok_or_else(|| {
         tracing::warn!("pending-write bound reached; push refused before contacting Daraja");
         ApiError::Unavailable("pending-write queue full".into())
-    })?;
-    state.store.storage().ping().await?;
-    match initiate(state, push).await {
-        Ok(Accepted {
+    })
+}
+
+/// A push without an Idempotency-Key, from a validated request: `POST /v1/stk/push`
+/// without the header, and the compatibility initiate (`routes::compat`). It takes a
+/// pending-write slot, checks Redis, sends the push, and writes the pending record
+/// inline or queues it, exactly as every push does.
+pub(crate) async fn send_push(state: &AppState, push: ValidPush) -> Result<PushResponse, Failed> {
+    let slot = reserve_slot(state).map_err(Failed::before_push)?;
+    // While Redis is down no push starts: the browser could not follow it. A Redis that
+    // fails after this check is covered by the pending-write queue.
+    state
+        .store
+        .storage()
+        .ping()
+        .await
+        .map_err(|e| Failed::before_push(e.into()))?;
+    match initiate(state, push).await? {
+        Accepted {
             response,
             unwritten: Some(write),
-        }) => {
+        } => {
+            // Redis did not answer: the pending record is written in the background.
+            // The caller gets the ids and the token now.
             state.pending.enqueue(
                 Work {
                     write: Some(write),
@@ -215,17 +220,10 @@ pub(crate) async fn push_authorised(
             );
             Ok(response)
         }
-        Ok(Accepted {
+        Accepted {
             response,
             unwritten: None,
-        }) => {
-            finish_idem(state, None, slot).await;
-            Ok(response)
-        }
-        Err(f) => {
-            finish_idem(state, None, slot).await;
-            Err(f.error)
-        }
+        } => Ok(response),
     }
 }
 
@@ -311,9 +309,9 @@ struct Accepted {
 }
 
 /// A push that failed, and whether a prompt may nevertheless be live at Daraja.
-struct Failed {
-    error: ApiError,
-    may_have_pushed: bool,
+pub(crate) struct Failed {
+    pub(crate) error: ApiError,
+    pub(crate) may_have_pushed: bool,
 }
 
 impl Failed {
@@ -453,7 +451,7 @@ fn status_of(state_json: &str) -> String {
 /// serde's messages quote the offending value (`invalid type: integer `254712345678``);
 /// a phone number sent as a number must not come back in the response or reach the
 /// logs. Runs of seven or more digits are replaced.
-fn redact_digit_runs(msg: &str) -> String {
+pub(crate) fn redact_digit_runs(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut run = String::new();
     for c in msg.chars().chain(std::iter::once('\0')) {

@@ -27,6 +27,25 @@ use crate::feed::{FeedEvent, PaymentFeed};
 use crate::startup::ConnectionGuard;
 use crate::ws::protocol;
 
+/// Where a session's frames come from: the payment feed (`/v1/payments/{id}/ws`), or
+/// the compatibility feed (`crate::ws::compat`, `/sessions/{token}/websocket`).
+pub trait FrameSource {
+    /// The next frame to send. Must be cancel-safe: it runs inside `select!`.
+    fn next_frame(&mut self) -> impl std::future::Future<Output = FeedEvent>;
+    /// Whether the last frame has been handed out (the session then closes with 1000).
+    fn is_done(&self) -> bool;
+}
+
+impl FrameSource for PaymentFeed {
+    async fn next_frame(&mut self) -> FeedEvent {
+        self.next().await
+    }
+
+    fn is_done(&self) -> bool {
+        PaymentFeed::is_done(self)
+    }
+}
+
 pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
@@ -164,13 +183,14 @@ impl Out {
     }
 }
 
-/// Runs the session to its end. `first` is the snapshot frame from `PaymentFeed::open`.
+/// Runs the session to its end. `first` is the snapshot frame from `PaymentFeed::open`
+/// (none when the source yields every frame itself).
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub async fn run<F: FrameSource>(
     session: Session,
     msgs: MessageStream,
-    mut feed: PaymentFeed,
-    first: String,
+    mut feed: F,
+    first: Option<String>,
     cfg: SessionConfig,
     shutdown: Shutdown,
     socket: Option<ClientSocket>,
@@ -184,8 +204,10 @@ pub async fn run(
         socket,
     };
     let mut msgs = msgs.max_frame_size(protocol::MAX_CLIENT_FRAME);
-    if out.text(first).await.is_err() {
-        return;
+    if let Some(first) = first {
+        if out.text(first).await.is_err() {
+            return;
+        }
     }
     if feed.is_done() {
         out.close(Some(protocol::completed())).await;
@@ -207,7 +229,7 @@ pub async fn run(
                 tracing::debug!("websocket reached its maximum lifetime");
                 break Some(protocol::going_away(protocol::MAX_LIFETIME_REASON));
             }
-            ev = feed.next() => match ev {
+            ev = feed.next_frame() => match ev {
                 FeedEvent::Frame(frame) => {
                     if out.text(frame).await.is_err() {
                         return;

@@ -32,6 +32,8 @@ struct Inner {
     due: Mutex<DueSet>,
     bucket: Mutex<Option<(f64, i64)>>,
     idempotency: Mutex<IdemTable>,
+    /// Compatibility sessions (`SET NX EX` / `SET EX` / `GET` on string keys).
+    sessions: Mutex<SessionTable>,
     broker: MemoryBroker,
     /// Reference point for the budget's clock (Redis uses its own TIME).
     epoch: Instant,
@@ -118,6 +120,7 @@ impl MemoryStorage {
                 due: Mutex::new(DueSet::default()),
                 bucket: Mutex::new(None),
                 idempotency: Mutex::new(IdemTable::default()),
+                sessions: Mutex::new(SessionTable::default()),
                 broker,
                 epoch: Instant::now(),
             }),
@@ -294,5 +297,73 @@ impl MemoryStorage {
     /// Releases a claimed key.
     pub fn idem_remove(&self, key: &str) {
         lock(&self.inner.idempotency).map.remove(key);
+    }
+
+    // ---- compatibility sessions (string keys with expiry) ----
+
+    /// `SET key value NX EX ttl`: true if `key` was absent (or expired) and is now set.
+    pub fn session_claim(&self, key: &str, value: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut t = lock(&self.inner.sessions);
+        t.sweep(now);
+        if t.map.get(key).is_some_and(|(_, exp)| *exp > now) {
+            return false;
+        }
+        t.map.insert(
+            key.to_owned(),
+            (value.to_owned(), now + ttl.max(Duration::from_secs(1))),
+        );
+        true
+    }
+
+    /// `SET key value EX ttl`.
+    pub fn session_set(&self, key: &str, value: &str, ttl: Duration) {
+        let now = Instant::now();
+        let mut t = lock(&self.inner.sessions);
+        t.sweep(now);
+        t.map.insert(
+            key.to_owned(),
+            (value.to_owned(), now + ttl.max(Duration::from_secs(1))),
+        );
+    }
+
+    /// `GET key`.
+    pub fn session_get(&self, key: &str) -> Option<String> {
+        let now = Instant::now();
+        lock(&self.inner.sessions)
+            .map
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// `DEL key`.
+    pub fn session_remove(&self, key: &str) {
+        lock(&self.inner.sessions).map.remove(key);
+    }
+}
+
+/// Compatibility session keys: value and deadline, swept of expired entries whenever
+/// the table has doubled since the last sweep (amortised constant work per write).
+struct SessionTable {
+    map: HashMap<String, (String, Instant)>,
+    sweep_at: usize,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            sweep_at: 1024,
+        }
+    }
+}
+
+impl SessionTable {
+    fn sweep(&mut self, now: Instant) {
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, (_, exp)| *exp > now);
+            self.sweep_at = (self.map.len() * 2).max(1024);
+        }
     }
 }
