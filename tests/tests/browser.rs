@@ -236,3 +236,113 @@ async fn client_falls_back_to_polling_when_sse_is_refused_too() -> Result<()> {
     );
     Ok(())
 }
+
+/// A component written for the Durable Objects design, in the browser: its WebSocket on
+/// gateway 0 (the page's origin), its initiate on gateway 1 (cross-origin, allowed by
+/// `api.allowed_origins`). Then the same with a tampered session token: refused, no push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_routes_work_across_nodes_and_refuse_a_tampered_token() -> Result<()> {
+    use secrecy::SecretString;
+    use stk_relay_e2e::cluster::ClusterOptions;
+    use stk_relay_e2e::random_alnum;
+    use stk_relay_shared::session_token::{SessionPayload, SessionTokens};
+
+    let secret = random_alnum(48);
+    let mut cluster = Cluster::start_with(
+        "browser-compat",
+        ClusterOptions {
+            gateway_env: vec![
+                kv("GATEWAY__COMPAT__ENABLED", "true"),
+                kv("GATEWAY__COMPAT__SESSION_SECRET", &secret),
+            ],
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
+    // Gateway 1 takes the initiate from the page served by gateway 0.
+    let shop = cluster.gateway(0).url().to_owned();
+    cluster.gateways[1].terminate(Duration::from_secs(10)).await?;
+    cluster
+        .respawn_gateway(1, &[kv("GATEWAY__API__ALLOWED_ORIGINS", &shop)])
+        .await?;
+    cluster
+        .wait_ready(cluster.gateway(1).url(), stk_relay_e2e::STEP)
+        .await?;
+    let keys = SessionTokens::new(SecretString::from(secret), None);
+    let mint = || {
+        keys.issue(&SessionPayload {
+            sid: format!("cs_{}", random_alnum(24)),
+            amount: 10.into(),
+            account_reference: "ORDER-1".into(),
+            phone: None,
+            desc: None,
+            exp: chrono::Utc::now().timestamp() + 600,
+        })
+    };
+    let body = r#"{"phoneNumber":"254708374149","amount":10,"accountReference":"ORDER-1"}"#;
+    let run = |token: String, name: &str| {
+        BrowserRun::start(
+            "compat.mjs",
+            name,
+            &[
+                kv("WS_BASE", &shop),
+                kv("INITIATE_BASE", cluster.gateway(1).url()),
+                kv("SESSION_TOKEN", &token),
+                kv("BODY", body),
+            ],
+            &cluster.log_dir,
+        )
+    };
+
+    let done = run(mint()?, "compat-ok")?
+        .done(Duration::from_secs(60))
+        .await?;
+    ensure!(done["initiate"]["status"] == 200, "initiate: {done}");
+    let kinds: Vec<&str> = done["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["type"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(
+        kinds == ["STK_INITIATED", "PAYMENT_COMPLETED"],
+        "messages: {done}"
+    );
+    let completed = &done["messages"][1]["data"];
+    ensure!(completed["status"] == "SUCCESS", "{done}");
+    ensure!(
+        completed["mpesaReceiptNumber"]
+            .as_str()
+            .is_some_and(|r| r.len() == 10),
+        "{done}"
+    );
+    ensure!(done["close"]["code"] == 1000, "close: {done}");
+    let pushes = cluster.sim_ctl.records().await?;
+    let pushes_before = pushes
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|r| r["kind"] == "stk_push").count());
+
+    // The same token with one payload character changed: the signature no longer holds.
+    let token = mint()?;
+    let mut chars: Vec<char> = token.chars().collect();
+    chars[5] = if chars[5] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    let done = run(tampered, "compat-tampered")?
+        .done(Duration::from_secs(60))
+        .await?;
+    ensure!(
+        done["initiate"]["status"] == 401,
+        "tampered initiate: {done}"
+    );
+    ensure!(
+        done["opened"] != true && done["messages"].as_array().is_some_and(Vec::is_empty),
+        "tampered socket: {done}"
+    );
+    let pushes = cluster.sim_ctl.records().await?;
+    let pushes_after = pushes
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|r| r["kind"] == "stk_push").count());
+    ensure!(
+        pushes_after == pushes_before,
+        "a tampered token started a push"
+    );
+    Ok(())
+}
