@@ -261,7 +261,9 @@ async fn compat_routes_work_across_nodes_and_refuse_a_tampered_token() -> Result
     .await?;
     // Gateway 1 takes the initiate from the page served by gateway 0.
     let shop = cluster.gateway(0).url().to_owned();
-    cluster.gateways[1].terminate(Duration::from_secs(10)).await?;
+    cluster.gateways[1]
+        .terminate(Duration::from_secs(10))
+        .await?;
     cluster
         .respawn_gateway(1, &[kv("GATEWAY__API__ALLOWED_ORIGINS", &shop)])
         .await?;
