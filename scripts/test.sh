@@ -45,7 +45,7 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
 
 if [ "$#" -eq 0 ] && [ -d clients/js/test ]; then
   echo "== browser client (node --test)"

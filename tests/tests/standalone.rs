@@ -62,6 +62,16 @@ async fn in_memory_push_completes_over_websocket_and_demo_endpoints_answer() -> 
 
     // What it printed: the demo's URL, and only the secrets it generated (the API key
     // was configured).
+    // (The log is copied line by line as the process prints: wait for the banner's end.)
+    let log = node.node.stdout_log().to_owned();
+    stk_relay_e2e::wait::until("the banner in stdout", STEP, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text.contains("tokens.callback_secret").then_some(()))
+        }
+    })
+    .await?;
     let banner = std::fs::read_to_string(node.node.stdout_log())?;
     ensure!(
         banner.contains(&format!("{base}/demo/")),
@@ -212,5 +222,66 @@ async fn on_redis_it_is_a_normal_cluster_node() -> Result<()> {
         "/demo/pay without the demo: {}",
         r.status()
     );
+    Ok(())
+}
+
+/// The in-memory backend under load: 200 payments pushed at once, each watched by its
+/// own WebSocket; every socket gets its result once and is closed with 1000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_two_hundred_concurrent_payments_each_delivered_once() -> Result<()> {
+    use futures_util::{stream, StreamExt as _, TryStreamExt as _};
+
+    let api_key = "e2e-standalone-key-0123456789";
+    let node = StandaloneNode::start(
+        "standalone-memory-load",
+        &[
+            kv("STK_RELAY__API__KEYS", api_key),
+            kv("STK_RELAY__SIMULATOR__CALLBACK_DELAY_MS", "1000"),
+        ],
+    )
+    .await?;
+    let base = node.url().to_owned();
+    let n = 200;
+    let paid: Vec<PushResponse> = stream::iter(0..n)
+        .map(|i| {
+            let base = base.clone();
+            async move { push(&base, api_key, &format!("2547{:05}0{:02}", i, i % 100)).await }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await?;
+    let results: Vec<(String, String)> = stream::iter(paid)
+        .map(|p| {
+            let base = base.clone();
+            async move {
+                let mut ws = WsClient::connect(&ws_url(&base, &p.checkout_request_id, &p.token))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let done = final_of(&mut ws).await?;
+                let close = ws.expect_end(STEP).await?;
+                ensure!(
+                    close.map(u16::from) == Some(1000),
+                    "closed with {close:?} after the result"
+                );
+                Ok::<_, anyhow::Error>((
+                    p.checkout_request_id,
+                    done.data.status.as_str().to_owned(),
+                ))
+            }
+        })
+        .buffer_unordered(n)
+        .try_collect()
+        .await?;
+    ensure!(
+        results.len() == n,
+        "{} results for {n} payments",
+        results.len()
+    );
+    let ok = results.iter().filter(|(_, s)| s == "SUCCESS").count();
+    ensure!(ok == n, "{ok} of {n} succeeded: {results:?}");
+    let mut ids: Vec<&String> = results.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    ensure!(ids.len() == n, "two sockets saw the same payment");
     Ok(())
 }
