@@ -334,13 +334,14 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 }
 
 /// The main configuration: everything that differs from a system nginx (prefix-local
-/// files, no `user` switch needed, room for many connections) and an `include` of the
-/// rendered `stk-relay.conf`.
+/// files, room for many connections) and an `include` of the rendered `stk-relay.conf`.
+/// One worker process, so that round-robin is one sequence: two requests in a row go to
+/// two different upstreams (a test relies on it to know a request's gateway).
 fn main_conf(dir: &Path) -> String {
     let d = dir.display();
     format!(
         "# Written by tests/src/nginx.rs; the site itself is stk-relay.conf.\n\
-         worker_processes 2;\n\
+         worker_processes 1;\n\
          worker_rlimit_nofile 8192;\n\
          error_log {d}/error.log notice;\n\
          events {{ worker_connections 4096; }}\n\

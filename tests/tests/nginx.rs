@@ -561,3 +561,125 @@ async fn ingest_sees_the_senders_address_through_nginx() -> Result<()> {
     drop(nginx);
     Ok(())
 }
+
+async fn sim_post(c: &Cluster, path: &str) -> Result<Value> {
+    let resp = c
+        .http
+        .post(format!("{}{path}", c.sim.url()))
+        .timeout(STEP)
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "sim {path}: {}", resp.status());
+    Ok(resp.json().await?)
+}
+
+async fn held_pushes(c: &Cluster) -> Result<u64> {
+    let v: Value = c
+        .http
+        .get(format!("{}/sim/held-pushes", c.sim.url()))
+        .timeout(STEP)
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["held"]
+        .as_u64()
+        .with_context(|| format!("held-pushes: {v}"))
+}
+
+/// `POST /v1/stk/push` through nginx, from a task of its own; returns status and body.
+fn spawn_push(
+    c: &Cluster,
+    base: &str,
+    phone: &str,
+    key: &str,
+) -> tokio::task::JoinHandle<Result<(u16, String)>> {
+    let req = c
+        .http
+        .post(format!("{base}/v1/stk/push"))
+        .timeout(STEP * 3)
+        .bearer_auth(&c.api_key)
+        .header("Idempotency-Key", key)
+        .json(&PushRequest {
+            phone: phone.to_owned(),
+            amount: 10u32.into(),
+            account_reference: "E2E".to_owned(),
+            description: None,
+        });
+    tokio::spawn(async move {
+        let resp = req.send().await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
+    })
+}
+
+/// A push that reached a gateway is never resent to another one. Two pushes go through
+/// nginx (one to each gateway: one worker's round-robin) and are held at the simulator
+/// after Daraja accepted them; then gateway0 is SIGKILLed. nginx answers its push with
+/// 502 at once instead of passing it to gateway1 (which would prompt the buyer a second
+/// time); the other push completes. The simulator saw exactly one push per phone, also
+/// after the merchant retries the failed one with its Idempotency-Key (the key is still
+/// held by the dead gateway's attempt: 409, no prompt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_never_retried_on_another_gateway() -> Result<()> {
+    let (mut c, nginx) = cluster_behind_nginx("nginx_push_no_retry", |_| {}).await?;
+    let gw = nginx.gateway_url();
+    sim_post(&c, "/sim/hold-pushes").await?;
+    let phones = [sim::phone(11, sim::MANUAL), sim::phone(12, sim::MANUAL)];
+    let keys = ["nginx-no-retry-a", "nginx-no-retry-b"];
+    let mut a = spawn_push(&c, &gw, &phones[0], keys[0]);
+    wait::until("push A held", STEP, || async {
+        Ok((held_pushes(&c).await? == 1).then_some(()))
+    })
+    .await?;
+    let mut b = spawn_push(&c, &gw, &phones[1], keys[1]);
+    wait::until("push B held", STEP, || async {
+        Ok((held_pushes(&c).await? == 2).then_some(()))
+    })
+    .await?;
+
+    c.gateways[0].kill().await?;
+    // The push that was on gateway0 is answered now, while the other is still held: a
+    // retry on gateway1 would be held too, and would not answer before the release.
+    let (failed, first) = tokio::select! {
+        r = &mut a => (0, r??),
+        r = &mut b => (1, r??),
+    };
+    ensure!(
+        first.0 == 502,
+        "push on the killed gateway: {} {}",
+        first.0,
+        first.1
+    );
+    sim_post(&c, "/sim/release-pushes").await?;
+    let second = if failed == 0 { b.await?? } else { a.await?? };
+    ensure!(
+        second.0 == 200,
+        "push on gateway1: {} {}",
+        second.0,
+        second.1
+    );
+
+    let by_phone = c.sim_ctl.callback_urls_by_phone().await?;
+    let counts: Vec<usize> = phones
+        .iter()
+        .map(|p| by_phone.get(p).map_or(0, Vec::len))
+        .collect();
+    ensure!(counts == [1, 1], "accepted pushes per phone: {counts:?}");
+
+    // The merchant's retry of the failed push, with its key, through nginx (now only
+    // gateway1 answers): refused while the dead gateway's attempt holds the key.
+    let retry = spawn_push(&c, &gw, &phones[failed], keys[failed]).await??;
+    ensure!(
+        retry.0 == 409 && retry.1.contains("IDEMPOTENCY_IN_PROGRESS"),
+        "retry with the same key: {} {}",
+        retry.0,
+        retry.1
+    );
+    let again = c.sim_ctl.callback_urls_by_phone().await?;
+    ensure!(
+        again.get(&phones[failed]).map_or(0, Vec::len) == 1,
+        "the retry prompted again"
+    );
+    drop(nginx);
+    Ok(())
+}
