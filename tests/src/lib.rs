@@ -17,7 +17,8 @@
 //! - [`nginx`]: Debian's nginx running `deploy/nginx/stk-relay.conf` in front of the cluster.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
-//! `STK_E2E_REDIS_SERVER=<path>`; the service binaries are built on first use when stale,
+//! `STK_E2E_REDIS_SERVER=<path>`; `tests/tests/nginx.rs` also needs Debian's `nginx`, at
+//! `/usr/sbin/nginx` or `STK_E2E_NGINX=<path>`; the service binaries are built on first use when stale,
 //! see [`bins`]). Logs of every process: `target/e2e-logs/<test>/`. The benchmark:
 //! `cargo run --release -p stk-relay-e2e --bin e2e-bench -- --payments 1000`.
 //!
