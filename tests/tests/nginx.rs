@@ -206,6 +206,57 @@ async fn delivery_through_nginx() -> Result<()> {
     Ok(())
 }
 
+/// A configuration reload (SIGHUP) does not cut open WebSockets: the old worker keeps
+/// them until they end, the new one takes new connections, and both deliver the result.
+/// Then nginx stops gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_open_websockets() -> Result<()> {
+    let (c, mut nginx) = cluster_behind_nginx("nginx_reload", |_| {}).await?;
+    let p = c
+        .push_at(&nginx.gateway_url(), &sim::phone(4, sim::MANUAL), 140)
+        .await?;
+    let id = p.checkout_request_id.as_str();
+    let url = browser_url(&nginx.gateway_ws_url(), id, "/ws", &p.token)?;
+    let mut before = WsClient::connect(&url).await?;
+    expect::pending(
+        &before.expect(MessageType::PaymentUpdate).await?.data,
+        id,
+        140,
+    )?;
+
+    let up = Upstreams {
+        gateways: c.gateways.iter().map(|g| host_port(g.url())).collect(),
+        ingests: c.ingests.iter().map(|n| host_port(n.url())).collect(),
+    };
+    nginx.reload(&up).await?;
+    let mut after = WsClient::connect(&url).await?;
+    expect::pending(
+        &after.expect(MessageType::PaymentUpdate).await?.data,
+        id,
+        140,
+    )?;
+    // The socket opened before the reload is still served (its heartbeat still arrives).
+    before.expect_no_message(1, STEP).await?;
+
+    c.sim_ctl.complete(id, 0).await?;
+    for (what, ws) in [("before", &mut before), ("after", &mut after)] {
+        let done = ws
+            .expect(MessageType::PaymentCompleted)
+            .await
+            .with_context(|| format!("socket opened {what} the reload"))?;
+        ensure!(done.data.status == PaymentStatus::Success, "{done:?}");
+        ensure!(
+            ws.expect_end(STEP).await? == Some(CloseCode::Normal),
+            "socket opened {what} the reload did not close with 1000"
+        );
+    }
+    nginx.stop(STEP).await
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
 const BROWSERS: usize = 500;
 
 /// What one browser saw across all its connections.
