@@ -291,8 +291,15 @@ impl Nginx {
                 Ok(())
             }
             Err(e) => {
-                child.start_kill().ok();
-                let _ = child.wait().await;
+                // TERM first, so that the master takes its workers (and ports) with it.
+                let _ = signal(self.pid, "TERM");
+                if tokio::time::timeout(Duration::from_secs(3), child.wait())
+                    .await
+                    .is_err()
+                {
+                    child.start_kill().ok();
+                    let _ = child.wait().await;
+                }
                 Err(e.context(format!(
                     "nginx did not start; error log:\n{}\nstderr: {}",
                     self.error_tail(),
