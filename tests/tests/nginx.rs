@@ -734,3 +734,61 @@ async fn a_push_is_never_retried_on_another_gateway() -> Result<()> {
     drop(nginx);
     Ok(())
 }
+
+/// The gateways trust nginx too: their per-address connection cap counts the browser's
+/// address, not nginx's. With one connection per address per node, a browser on
+/// 127.0.0.2 gets one event stream on each gateway (round-robin) and 429 for a third,
+/// while a browser on 127.0.0.3 still gets its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_connection_caps_count_the_browsers_address_through_nginx() -> Result<()> {
+    let (c, nginx) = cluster_behind_nginx("nginx_gateway_caps", |o| {
+        o.gateway_env = vec![
+            kv("GATEWAY__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
+            kv("GATEWAY__WS__MAX_CONNECTIONS_PER_IP", "1"),
+        ];
+    })
+    .await?;
+    let p = c.push(0, &sim::phone(5, sim::MANUAL), 150).await?;
+    let url = browser_url(
+        &nginx.gateway_url(),
+        &p.checkout_request_id,
+        "/events",
+        &p.token,
+    )?;
+    let open = |http: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            http.get(url)
+                .header("Accept", "text/event-stream")
+                .send()
+                .await
+                .context("SSE through nginx")
+        }
+    };
+    let (two, three) = (client_from("127.0.0.2")?, client_from("127.0.0.3")?);
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let resp = open(two.clone()).await?;
+        ensure!(
+            resp.status() == 200,
+            "stream {n} of 127.0.0.2: {}",
+            resp.status()
+        );
+        held.push(resp);
+    }
+    let refused = open(two.clone()).await?;
+    let status = refused.status().as_u16();
+    let text = refused.text().await?;
+    ensure!(status == 429, "third stream of 127.0.0.2: {status}: {text}");
+    let err: ErrorResponse = serde_json::from_str(&text).with_context(|| text.clone())?;
+    ensure!(err.error.code == ErrorCode::TooManyConnections, "{err:?}");
+    let other = open(three).await?;
+    ensure!(
+        other.status() == 200,
+        "127.0.0.3 was counted with 127.0.0.2: {}",
+        other.status()
+    );
+    drop((held, other));
+    drop(nginx);
+    Ok(())
+}
