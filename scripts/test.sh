@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian machine lacks (redis-server,
-# Node.js and npm, Debian's chromium, the browser tests' npm packages), then runs every
+# nginx, Node.js and npm, Debian's chromium, the browser tests' npm packages), then runs every
 # test of the project. The tests start their own redis-server processes on free ports; the
 # machine's own Redis, if any, is neither needed nor touched. Browser tests drive
 # /usr/bin/chromium (override with CHROMIUM=<path>) through playwright-core.
@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# nginx lives in /usr/sbin, which is not on every user's PATH; the tests run /usr/sbin/nginx
+# (or STK_E2E_NGINX) themselves, as an unprivileged-friendly process on free ports.
+if [ -z "${STK_E2E_NGINX:-}" ] && [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+  missing+=(nginx)
+fi
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
@@ -25,8 +30,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     }
     sudo="sudo"
   fi
-  # Install without starting Debian's own redis service: the machine may already run a
-  # Redis on 6379, and the tests need none.
+  # Install without starting Debian's own services (policy-rc.d answers "denied" for every
+  # service, so neither redis nor nginx is started): the machine may already run a Redis
+  # on 6379 or a web server on 80, and the tests need none.
   policy_added=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null

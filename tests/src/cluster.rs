@@ -45,6 +45,14 @@ pub struct ClusterOptions {
     /// Extra environment for ingest node `i` alone (entry `i`), after `ingest_env`; e.g. a
     /// spool directory of its own. Missing entries add nothing.
     pub ingest_env_each: Vec<Vec<(String, String)>>,
+    /// Port of gateway `i` (entry `i`) instead of a free one the node picks itself, for a
+    /// load balancer configured before the nodes start. Missing entries: port 0.
+    pub gateway_ports: Vec<u16>,
+    /// Port of ingest node `i`, as `gateway_ports`.
+    pub ingest_ports: Vec<u16>,
+    /// The gateways' `callbacks.public_base_url` instead of ingest node 0's URL (e.g. a
+    /// load balancer in front of the ingest nodes).
+    pub callback_base: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +66,9 @@ impl Default for ClusterOptions {
             gateway_env: Vec::new(),
             ingest_env: Vec::new(),
             ingest_env_each: Vec::new(),
+            gateway_ports: Vec::new(),
+            ingest_ports: Vec::new(),
+            callback_base: None,
         }
     }
 }
@@ -143,7 +154,10 @@ impl Cluster {
         for i in 0..opts.ingests {
             let env = vec![
                 kv("INGEST__SERVER__HOST", "127.0.0.1"),
-                kv("INGEST__SERVER__PORT", "0"),
+                kv(
+                    "INGEST__SERVER__PORT",
+                    &opts.ingest_ports.get(i).copied().unwrap_or(0).to_string(),
+                ),
                 kv("INGEST__REDIS__URL", &redis.url()),
                 kv("INGEST__REDIS__KEY_PREFIX", &key_prefix),
                 kv("INGEST__TOKENS__CALLBACK_SECRET", &callback_secret),
@@ -161,13 +175,17 @@ impl Cluster {
             .first()
             .map(|n| n.url().to_owned())
             .ok_or_else(|| anyhow!("a cluster needs at least one ingest node"))?;
+        let callback_base = opts.callback_base.clone().unwrap_or(callback_base);
 
         let mut gateways = Vec::with_capacity(opts.gateways);
         let mut gateway_envs = Vec::with_capacity(opts.gateways);
         for i in 0..opts.gateways {
             let env = vec![
                 kv("GATEWAY__SERVER__HOST", "127.0.0.1"),
-                kv("GATEWAY__SERVER__PORT", "0"),
+                kv(
+                    "GATEWAY__SERVER__PORT",
+                    &opts.gateway_ports.get(i).copied().unwrap_or(0).to_string(),
+                ),
                 kv("GATEWAY__REDIS__URL", &redis.url()),
                 kv("GATEWAY__REDIS__KEY_PREFIX", &key_prefix),
                 kv("GATEWAY__API__KEYS", &api_key),
@@ -301,9 +319,20 @@ impl Cluster {
         body: &PushRequest,
         idempotency_key: Option<&str>,
     ) -> Result<reqwest::Response> {
+        self.push_raw_at(self.gateway(gw).url(), body, idempotency_key)
+            .await
+    }
+
+    /// [`Cluster::push_raw`] to any base URL (e.g. a load balancer in front of the gateways).
+    pub async fn push_raw_at(
+        &self,
+        base: &str,
+        body: &PushRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<reqwest::Response> {
         let mut req = self
             .http
-            .post(format!("{}/v1/stk/push", self.gateway(gw).url()))
+            .post(format!("{base}/v1/stk/push"))
             .timeout(STEP)
             .bearer_auth(&self.api_key)
             .json(body);
@@ -315,17 +344,24 @@ impl Cluster {
 
     /// Pushes a payment through gateway `gw` and expects 200 with a pending response.
     pub async fn push(&self, gw: usize, phone: &str, amount: u32) -> Result<PushResponse> {
+        self.push_at(self.gateway(gw).url(), phone, amount)
+            .await
+            .with_context(|| format!("push via gateway{gw}"))
+    }
+
+    /// [`Cluster::push`] to any base URL (e.g. a load balancer in front of the gateways).
+    pub async fn push_at(&self, base: &str, phone: &str, amount: u32) -> Result<PushResponse> {
         let body = PushRequest {
             phone: phone.to_owned(),
             amount: amount.into(),
             account_reference: "E2E".to_owned(),
             description: Some("e2e test".to_owned()),
         };
-        let resp = self.push_raw(gw, &body, None).await?;
+        let resp = self.push_raw_at(base, &body, None).await?;
         let status = resp.status();
         let text = resp.text().await?;
         if status != reqwest::StatusCode::OK {
-            bail!("push via gateway{gw}: {status}: {text}");
+            bail!("push via {base}: {status}: {text}");
         }
         let pr: PushResponse = serde_json::from_str(&text)
             .with_context(|| format!("push response is not a PushResponse: {text}"))?;

@@ -14,9 +14,11 @@
 //! - [`browser`]: runs the headless-Chromium scripts of `tests/browser/` and reads their events.
 //! - [`standalone`]: the `stk-relay` process (memory, simulator, demo) on a free port.
 //! - [`proxy`]: a load-balancer stand-in in front of gateways that can refuse upgrades or paths.
+//! - [`nginx`]: Debian's nginx running `deploy/nginx/stk-relay.conf` in front of the cluster.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
-//! `STK_E2E_REDIS_SERVER=<path>`; the service binaries are built on first use when stale,
+//! `STK_E2E_REDIS_SERVER=<path>`; `tests/tests/nginx.rs` also needs Debian's `nginx`, at
+//! `/usr/sbin/nginx` or `STK_E2E_NGINX=<path>`; the service binaries are built on first use when stale,
 //! see [`bins`]). Logs of every process: `target/e2e-logs/<test>/`. The benchmark:
 //! `cargo run --release -p stk-relay-e2e --bin e2e-bench -- --payments 1000`.
 //!
@@ -28,6 +30,7 @@ pub mod browser;
 pub mod cluster;
 pub mod daraja;
 pub mod expect;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
