@@ -110,7 +110,21 @@ pub enum StoreError {
 }
 
 impl From<redis::RedisError> for StoreError {
+    /// Every failed Redis command passes here, so it is also where they are counted
+    /// (`stk_relay_redis_errors_total`).
     fn from(e: redis::RedisError) -> Self {
+        let err = Self::classify(e);
+        crate::metrics::redis_error(match &err {
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Protocol(_) => "refused",
+        });
+        err
+    }
+}
+
+impl StoreError {
+    fn classify(e: redis::RedisError) -> Self {
         if e.is_timeout() {
             StoreError::Timeout
         } else if e.is_io_error()
