@@ -1,0 +1,283 @@
+//! Prometheus metrics, scraped from the real processes during an e2e run: counters move
+//! by exactly what happened, histograms count what they time, gauges come back to rest,
+//! no label carries a payment id or a phone number, and `/metrics` is served only on the
+//! metrics listener, never on the public port.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use stk_relay_e2e::cluster::kv;
+use stk_relay_e2e::redis_server::free_port;
+use stk_relay_e2e::{sim, wait, Cluster, ClusterOptions, STEP};
+use stk_relay_shared::api::MessageType;
+
+/// A sample's labels, as written.
+type Labels = Vec<(String, String)>;
+
+/// One scrape: every sample, by metric name.
+struct Scrape {
+    text: String,
+    samples: HashMap<String, Vec<(Labels, f64)>>,
+}
+
+impl Scrape {
+    fn parse(text: String) -> Result<Self> {
+        let mut samples: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .with_context(|| format!("sample without a value: {line}"))?;
+            let value: f64 = value
+                .parse()
+                .with_context(|| format!("bad value in {line}"))?;
+            let (name, labels) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((name, rest)) => {
+                    let body = rest
+                        .strip_suffix('}')
+                        .with_context(|| format!("bad labels in {line}"))?;
+                    let mut labels = Vec::new();
+                    for pair in body.split(',').filter(|p| !p.is_empty()) {
+                        let (k, v) = pair
+                            .split_once('=')
+                            .with_context(|| format!("bad label in {line}"))?;
+                        labels.push((k.to_owned(), v.trim_matches('"').to_owned()));
+                    }
+                    (name, labels)
+                }
+            };
+            samples
+                .entry(name.to_owned())
+                .or_default()
+                .push((labels, value));
+        }
+        Ok(Self { text, samples })
+    }
+
+    /// The sum of `name`'s samples whose labels include every pair of `want` (0 when
+    /// there is none yet: a series appears on its first use).
+    fn get(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.samples
+            .get(name)
+            .map(|series| {
+                series
+                    .iter()
+                    .filter(|(labels, _)| {
+                        want.iter()
+                            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+                    })
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+async fn scrape(http: &reqwest::Client, port: u16) -> Result<Scrape> {
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(STEP)
+        .send()
+        .await
+        .with_context(|| format!("GET /metrics on port {port}"))?;
+    ensure!(resp.status() == 200, "/metrics answered {}", resp.status());
+    Scrape::parse(resp.text().await?)
+}
+
+/// Checks that `after - before` of a sample is exactly `want`.
+fn moved(
+    before: &Scrape,
+    after: &Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> Result<()> {
+    let got = after.get(name, labels) - before.get(name, labels);
+    if (got - want).abs() > f64::EPSILON {
+        bail!(
+            "{name} {labels:?} moved by {got}, expected {want}\n{}",
+            after.text
+        );
+    }
+    Ok(())
+}
+
+const PAYMENTS: u32 = 20;
+const DUPLICATED: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() -> Result<()> {
+    let gw_metrics = free_port().await?;
+    let ingest_metrics = free_port().await?;
+    let c = Cluster::start_with(
+        "metrics",
+        ClusterOptions {
+            gateways: 1,
+            ingests: 1,
+            gateway_env: vec![kv(
+                "GATEWAY__METRICS__BIND",
+                &format!("127.0.0.1:{gw_metrics}"),
+            )],
+            ingest_env: vec![kv(
+                "INGEST__METRICS__BIND",
+                &format!("127.0.0.1:{ingest_metrics}"),
+            )],
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
+
+    // The public ports do not serve metrics.
+    for base in [c.gateway(0).url(), c.ingest(0).url()] {
+        let resp = c
+            .http
+            .get(format!("{base}/metrics"))
+            .timeout(STEP)
+            .send()
+            .await?;
+        ensure!(
+            resp.status() == 404,
+            "{base}/metrics answered {}",
+            resp.status()
+        );
+    }
+
+    let gw0 = scrape(&c.http, gw_metrics).await?;
+    let in0 = scrape(&c.http, ingest_metrics).await?;
+    ensure!(
+        gw0.get("stk_relay_ready", &[]) == 1.0,
+        "gateway not ready:\n{}",
+        gw0.text
+    );
+    ensure!(
+        in0.get("stk_relay_ready", &[]) == 1.0,
+        "ingest not ready:\n{}",
+        in0.text
+    );
+
+    // 20 payments, each watched over WebSocket before its callback is sent.
+    let mut ids = Vec::new();
+    let mut phones = Vec::new();
+    for n in 0..PAYMENTS {
+        let phone = sim::phone(n + 1, sim::MANUAL);
+        let p = c.push(0, &phone, 100 + n).await?;
+        let id = p.checkout_request_id.clone();
+        let mut ws = c.ws_connect(0, &id, &p.token).await?;
+        ws.expect(MessageType::PaymentUpdate).await?;
+        let sent = c.sim_ctl.complete_sent(&id, 0).await?;
+        ensure!(
+            sent.status == Some(200),
+            "callback for {id}: {:?}",
+            sent.status
+        );
+        ws.expect(MessageType::PaymentCompleted).await?;
+        ws.expect_end(STEP).await?;
+        ids.push(id);
+        phones.push(phone);
+    }
+
+    // Two payments whose callback the simulator sends twice: one applied, one duplicate.
+    for n in 0..DUPLICATED {
+        let phone = sim::phone(500 + n, sim::DUPLICATE);
+        let p = c.push(0, &phone, 50).await?;
+        let id = p.checkout_request_id.clone();
+        wait::until("both callbacks answered", STEP, || async {
+            let sent = c.sim_ctl.callbacks_sent_for(&id).await?;
+            Ok((sent.len() == 2 && sent.iter().all(|s| s.status == Some(200))).then_some(()))
+        })
+        .await?;
+        ids.push(id);
+        phones.push(phone);
+    }
+
+    // One forged callback: a token nobody signed.
+    let forged = c
+        .post_callback(
+            0,
+            "/v1/callbacks/stk/forged-token-0123456789",
+            &serde_json::json!({"Body": {"stkCallback": {}}}),
+        )
+        .await?;
+    ensure!(
+        forged.status() == 403,
+        "forged callback answered {}",
+        forged.status()
+    );
+
+    // Sockets and channels come back to rest; the pub/sub probe has been timed.
+    let gw1 = wait::until("gateway gauges at rest", STEP, || async {
+        let s = scrape(&c.http, gw_metrics).await?;
+        let rest = s.get(
+            "stk_relay_gateway_connections",
+            &[("transport", "websocket")],
+        ) == 0.0
+            && s.get("stk_relay_gateway_channels", &[]) == 0.0
+            && s.get("stk_relay_broker_probe_seconds_count", &[]) >= 1.0;
+        Ok(rest.then_some(s))
+    })
+    .await?;
+    let in1 = scrape(&c.http, ingest_metrics).await?;
+
+    let total = f64::from(PAYMENTS + DUPLICATED);
+    let dup = f64::from(DUPLICATED);
+    let callbacks = "stk_relay_ingest_callbacks_total";
+    moved(&in0, &in1, callbacks, &[("outcome", "applied")], total)?;
+    moved(&in0, &in1, callbacks, &[("outcome", "duplicate")], dup)?;
+    moved(&in0, &in1, callbacks, &[("outcome", "forbidden")], 1.0)?;
+    moved(&in0, &in1, callbacks, &[], total + dup + 1.0)?;
+    moved(
+        &in0,
+        &in1,
+        "stk_relay_ingest_callback_publish_seconds_count",
+        &[],
+        total,
+    )?;
+    // Every publish took less than the largest bucket's bound.
+    moved(
+        &in0,
+        &in1,
+        "stk_relay_ingest_callback_publish_seconds_bucket",
+        &[("le", "10")],
+        total,
+    )?;
+
+    let pushes = "stk_relay_gateway_pushes_total";
+    moved(
+        &gw0,
+        &gw1,
+        pushes,
+        &[("outcome", "accepted"), ("daraja_code", "none")],
+        total,
+    )?;
+    moved(&gw0, &gw1, pushes, &[], total)?;
+    let delivery = "stk_relay_gateway_delivery_seconds_count";
+    moved(
+        &gw0,
+        &gw1,
+        delivery,
+        &[("transport", "websocket")],
+        f64::from(PAYMENTS),
+    )?;
+    moved(&gw0, &gw1, delivery, &[("transport", "sse")], 0.0)?;
+    moved(&gw0, &gw1, "stk_relay_broker_reconnects_total", &[], 0.0)?;
+    moved(&gw0, &gw1, "stk_relay_redis_errors_total", &[], 0.0)?;
+    moved(&in0, &in1, "stk_relay_redis_errors_total", &[], 0.0)?;
+    ensure!(
+        gw1.get("stk_relay_broker_connected", &[]) == 1.0,
+        "broker not connected"
+    );
+
+    // Labels are bounded: no payment id and no phone number anywhere in a scrape.
+    for text in [&gw1.text, &in1.text] {
+        for v in ids.iter().chain(phones.iter()) {
+            ensure!(
+                !text.contains(v.as_str()),
+                "{v} appears in a scrape:\n{text}"
+            );
+        }
+    }
+    Ok(())
+}
