@@ -71,7 +71,7 @@ pub async fn stk_callback(
         Err(e) => return Err(e),
     };
 
-    match process(&state, &token, &body, received_at).await {
+    let result = match process(&state, &token, &body, received_at).await {
         Ok(processed) => {
             if matches!(
                 processed.outcome,
@@ -99,6 +99,27 @@ pub async fn stk_callback(
             Err(refuse(&state, source, false, e))
         }
         Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        log_not_stored(e);
+    }
+    result
+}
+
+/// The error line of a callback answered 503, logged here (inside the `stk_callback`
+/// span, which carries `checkout_request_id`) rather than when the response is built.
+fn log_not_stored(e: &IngestError) {
+    match e {
+        IngestError::Unavailable(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis unavailable")
+        }
+        IngestError::RedisRefused(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis answered with an error")
+        }
+        IngestError::SpoolFull(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis unavailable and spool full")
+        }
+        _ => {}
     }
 }
 

@@ -438,7 +438,6 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
         }
         Ok(outcome) => {
             metrics::push(PushOutcome::Accepted, "none");
-            tracing::info!(checkout_request_id = %checkout, "STK push accepted; pending recorded");
             on_recorded(&state.store, &checkout, &outcome).await;
             let status = match &outcome {
                 RecordOutcome::AppliedEarly(s) | RecordOutcome::AlreadyExists(s) => status_of(s),

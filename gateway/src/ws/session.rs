@@ -103,17 +103,22 @@ impl ClientSocket {
     ) -> tokio::sync::oneshot::Sender<()> {
         let (alive, mut ended) = tokio::sync::oneshot::channel::<()>();
         if let Some(socket) = socket {
-            actix_web::rt::spawn(async move {
-                tokio::select! {
-                    _ = &mut ended => return,
-                    _ = shutdown.wait() => {}
-                    _ = tokio::time::sleep(lifetime) => {}
-                }
-                if tokio::time::timeout(grace, &mut ended).await.is_err() {
-                    tracing::info!("event stream client is not reading; disconnecting");
-                    socket.cut();
-                }
-            });
+            // In the caller's span (`sse`), so the line below carries checkout_request_id.
+            let span = tracing::Span::current();
+            actix_web::rt::spawn(tracing::Instrument::instrument(
+                async move {
+                    tokio::select! {
+                        _ = &mut ended => return,
+                        _ = shutdown.wait() => {}
+                        _ = tokio::time::sleep(lifetime) => {}
+                    }
+                    if tokio::time::timeout(grace, &mut ended).await.is_err() {
+                        tracing::info!("event stream client is not reading; disconnecting");
+                        socket.cut();
+                    }
+                },
+                span,
+            ));
         }
         alive
     }
