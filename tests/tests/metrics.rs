@@ -281,3 +281,77 @@ async fn metrics_count_what_happened() -> Result<()> {
     }
     Ok(())
 }
+
+/// Standalone mode: one listener carries the gateway's and the ingest's metrics, and the
+/// public port does not serve them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_serves_gateway_and_ingest_metrics_on_one_listener() -> Result<()> {
+    let port = free_port().await?;
+    let api_key = "e2e-standalone-metrics-0123456789";
+    let node = stk_relay_e2e::standalone::StandaloneNode::start(
+        "metrics_standalone",
+        &[
+            kv("STK_RELAY__METRICS__BIND", &format!("127.0.0.1:{port}")),
+            kv("STK_RELAY__API__KEYS", api_key),
+            kv("STK_RELAY__SIMULATOR__CALLBACK_DELAY_MS", "20"),
+        ],
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let base = node.url();
+    let public = http
+        .get(format!("{base}/metrics"))
+        .timeout(STEP)
+        .send()
+        .await?;
+    ensure!(
+        public.status() == 404,
+        "public /metrics answered {}",
+        public.status()
+    );
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .timeout(STEP)
+        .send()
+        .await?;
+    ensure!(ready.status() == 200, "/readyz answered {}", ready.status());
+
+    let resp = http
+        .post(format!("{base}/v1/stk/push"))
+        .timeout(STEP)
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({
+            "phone": sim::phone(7, "000"),
+            "amount": 10,
+            "account_reference": "E2E",
+        }))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "push answered {}", resp.status());
+
+    let s = wait::until("the callback counted", STEP, || async {
+        let s = scrape(&http, port).await?;
+        Ok((s.get(
+            "stk_relay_ingest_callbacks_total",
+            &[("outcome", "applied")],
+        ) == 1.0)
+            .then_some(s))
+    })
+    .await?;
+    ensure!(
+        s.get("stk_relay_gateway_pushes_total", &[("outcome", "accepted")]) == 1.0,
+        "push not counted:\n{}",
+        s.text
+    );
+    ensure!(
+        s.get("stk_relay_ingest_callback_publish_seconds_count", &[]) == 1.0,
+        "publish not timed:\n{}",
+        s.text
+    );
+    ensure!(
+        s.get("stk_relay_ready", &[]) == 1.0,
+        "readiness not recorded:\n{}",
+        s.text
+    );
+    Ok(())
+}
