@@ -52,7 +52,8 @@ pub const INGEST_SPOOL_REPLAYED: &str = "stk_relay_ingest_spool_replayed_total";
 pub const GATEWAY_PUSHES: &str = "stk_relay_gateway_pushes_total";
 /// Histogram (seconds), gateway. A payment state received from the broker to its frame
 /// written to the browser, by `transport` ([`Transport`]). For SSE, "written" is the
-/// frame handed to the HTTP response stream.
+/// frame handed to the HTTP response stream. Snapshot frames (sent on connect) are not
+/// timed: they did not come from the broker.
 pub const GATEWAY_DELIVERY: &str = "stk_relay_gateway_delivery_seconds";
 /// Gauge, gateway. Open browser connections, by `transport`.
 pub const GATEWAY_CONNECTIONS: &str = "stk_relay_gateway_connections";

@@ -106,6 +106,7 @@ fn moved(
 }
 
 const PAYMENTS: u32 = 20;
+const OVER_SSE: u32 = 3;
 const DUPLICATED: u32 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +180,25 @@ async fn metrics_count_what_happened() -> Result<()> {
         phones.push(phone);
     }
 
+    // Three more watched over SSE.
+    for n in 0..OVER_SSE {
+        let phone = sim::phone(300 + n, sim::MANUAL);
+        let p = c.push(0, &phone, 70).await?;
+        let id = p.checkout_request_id.clone();
+        let mut sse = c.sse_connect(0, &id, &p.token).await?;
+        sse.expect(MessageType::PaymentUpdate).await?;
+        let sent = c.sim_ctl.complete_sent(&id, 0).await?;
+        ensure!(
+            sent.status == Some(200),
+            "callback for {id}: {:?}",
+            sent.status
+        );
+        sse.expect(MessageType::PaymentCompleted).await?;
+        drop(sse);
+        ids.push(id);
+        phones.push(phone);
+    }
+
     // Two payments whose callback the simulator sends twice: one applied, one duplicate.
     for n in 0..DUPLICATED {
         let phone = sim::phone(500 + n, sim::DUPLICATE);
@@ -210,10 +230,7 @@ async fn metrics_count_what_happened() -> Result<()> {
     // Sockets and channels come back to rest; the pub/sub probe has been timed.
     let gw1 = wait::until("gateway gauges at rest", STEP, || async {
         let s = scrape(&c.http, gw_metrics).await?;
-        let rest = s.get(
-            "stk_relay_gateway_connections",
-            &[("transport", "websocket")],
-        ) == 0.0
+        let rest = s.get("stk_relay_gateway_connections", &[]) == 0.0
             && s.get("stk_relay_gateway_channels", &[]) == 0.0
             && s.get("stk_relay_broker_probe_seconds_count", &[]) >= 1.0;
         Ok(rest.then_some(s))
@@ -221,7 +238,7 @@ async fn metrics_count_what_happened() -> Result<()> {
     .await?;
     let in1 = scrape(&c.http, ingest_metrics).await?;
 
-    let total = f64::from(PAYMENTS + DUPLICATED);
+    let total = f64::from(PAYMENTS + OVER_SSE + DUPLICATED);
     let dup = f64::from(DUPLICATED);
     let callbacks = "stk_relay_ingest_callbacks_total";
     moved(&in0, &in1, callbacks, &[("outcome", "applied")], total)?;
@@ -261,7 +278,13 @@ async fn metrics_count_what_happened() -> Result<()> {
         &[("transport", "websocket")],
         f64::from(PAYMENTS),
     )?;
-    moved(&gw0, &gw1, delivery, &[("transport", "sse")], 0.0)?;
+    moved(
+        &gw0,
+        &gw1,
+        delivery,
+        &[("transport", "sse")],
+        f64::from(OVER_SSE),
+    )?;
     moved(&gw0, &gw1, "stk_relay_broker_reconnects_total", &[], 0.0)?;
     moved(&gw0, &gw1, "stk_relay_redis_errors_total", &[], 0.0)?;
     moved(&in0, &in1, "stk_relay_redis_errors_total", &[], 0.0)?;
