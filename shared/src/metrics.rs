@@ -91,166 +91,157 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 // ---- bounded label values ------------------------------------------------------------
 
-/// What became of one callback (`outcome` of [`INGEST_CALLBACKS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallbackOutcome {
-    /// Final state written and published.
-    Applied,
-    /// A genuine callback after an UNCONFIRMED close, recorded as a correction.
-    Corrected,
-    /// Does not match its push; handed to reconciliation.
-    Mismatch,
-    /// A success kept until STK Push Query confirms it.
-    AwaitingConfirmation,
-    /// The payment was already final: nothing written or published.
-    Duplicate,
-    /// Arrived before the pending record; kept for it.
-    Early,
-    /// Before the pending record, and the payment holds the most early records: 403.
-    EarlyFull,
-    /// No record and no way to keep it.
-    NotFound,
-    /// Bad token, or a token of another payment: 403.
-    Forbidden,
-    /// The body did not parse: 400.
-    Malformed,
-    /// The body was too large: 413.
-    TooLarge,
-    /// The source is outside `callbacks.allowed_sources`: 403.
-    SourceRefused,
-    /// The source used up its refusals: 429.
-    RateLimited,
-    /// Redis did not answer; written to the spool and acknowledged.
-    Spooled,
-    /// Redis did not answer and the spool had no room: 503.
-    SpoolFull,
-    /// Redis did not answer and there is no spool: 503.
-    Unavailable,
-    /// Redis answered with an error: 503.
-    RedisError,
+/// Defines a label enum: each variant has a fixed label value, and [`Static`] gives each
+/// variant's series a key built at compile time (no allocation when recording), like
+/// `metrics::counter!(name, "outcome" => "applied")` written out per variant.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $label:literal {
+            $( $(#[$vmeta:meta])* $variant:ident => $value:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $value, )*
+                }
+            }
+        }
+
+        impl Static for $name {
+            fn counter(self, name: &'static str) -> metrics::Counter {
+                match self {
+                    $( Self::$variant => metrics::counter!(name, $label => $value), )*
+                }
+            }
+
+            fn gauge(self, name: &'static str) -> metrics::Gauge {
+                match self {
+                    $( Self::$variant => metrics::gauge!(name, $label => $value), )*
+                }
+            }
+
+            fn histogram(self, name: &'static str) -> metrics::Histogram {
+                match self {
+                    $( Self::$variant => metrics::histogram!(name, $label => $value), )*
+                }
+            }
+        }
+    };
 }
 
-impl CallbackOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Corrected => "corrected",
-            Self::Mismatch => "mismatch",
-            Self::AwaitingConfirmation => "awaiting_confirmation",
-            Self::Duplicate => "duplicate",
-            Self::Early => "early",
-            Self::EarlyFull => "early_full",
-            Self::NotFound => "not_found",
-            Self::Forbidden => "forbidden",
-            Self::Malformed => "malformed",
-            Self::TooLarge => "too_large",
-            Self::SourceRefused => "source_refused",
-            Self::RateLimited => "rate_limited",
-            Self::Spooled => "spooled",
-            Self::SpoolFull => "spool_full",
-            Self::Unavailable => "unavailable",
-            Self::RedisError => "redis_error",
-        }
+/// The series of one label value, from keys built at compile time.
+trait Static: Copy {
+    fn counter(self, name: &'static str) -> metrics::Counter;
+    fn gauge(self, name: &'static str) -> metrics::Gauge;
+    fn histogram(self, name: &'static str) -> metrics::Histogram;
+}
+
+label_enum! {
+    /// What became of one callback (`outcome` of [`INGEST_CALLBACKS`]).
+    pub enum CallbackOutcome: "outcome" {
+        /// Final state written and published.
+        Applied => "applied",
+        /// A genuine callback after an UNCONFIRMED close, recorded as a correction.
+        Corrected => "corrected",
+        /// Does not match its push; handed to reconciliation.
+        Mismatch => "mismatch",
+        /// A success kept until STK Push Query confirms it.
+        AwaitingConfirmation => "awaiting_confirmation",
+        /// The payment was already final: nothing written or published.
+        Duplicate => "duplicate",
+        /// Arrived before the pending record; kept for it.
+        Early => "early",
+        /// Before the pending record, and the payment holds the most early records: 403.
+        EarlyFull => "early_full",
+        /// No record and no way to keep it.
+        NotFound => "not_found",
+        /// Bad token, or a token of another payment: 403.
+        Forbidden => "forbidden",
+        /// The body did not parse: 400.
+        Malformed => "malformed",
+        /// The body was too large: 413.
+        TooLarge => "too_large",
+        /// The source is outside `callbacks.allowed_sources`: 403.
+        SourceRefused => "source_refused",
+        /// The source used up its refusals: 429.
+        RateLimited => "rate_limited",
+        /// Redis did not answer; written to the spool and acknowledged.
+        Spooled => "spooled",
+        /// Redis did not answer and the spool had no room: 503.
+        SpoolFull => "spool_full",
+        /// Redis did not answer and there is no spool: 503.
+        Unavailable => "unavailable",
+        /// Redis answered with an error: 503.
+        RedisError => "redis_error",
     }
 }
 
-/// What became of one push (`outcome` of [`GATEWAY_PUSHES`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
-    /// Daraja accepted it and the pending record was written.
-    Accepted,
-    /// Daraja accepted it; the pending write went to the background queue.
-    Queued,
-    /// Daraja answered with an error (see `daraja_code`).
-    DarajaError,
-    /// Daraja did not answer in time, or could not be reached.
-    DarajaUnreachable,
-    /// Accepted by Daraja, but Redis refused the pending write.
-    NotRecorded,
-    /// Accepted by Daraja with an id (or a reply) that cannot be used.
-    BadResponse,
-    /// Refused before Daraja was contacted: the pending-write bound was reached.
-    RefusedQueueFull,
-}
-
-impl PushOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Queued => "queued",
-            Self::DarajaError => "daraja_error",
-            Self::DarajaUnreachable => "daraja_unreachable",
-            Self::NotRecorded => "not_recorded",
-            Self::BadResponse => "bad_response",
-            Self::RefusedQueueFull => "refused_queue_full",
-        }
+label_enum! {
+    /// What became of one push (`outcome` of [`GATEWAY_PUSHES`]).
+    pub enum PushOutcome: "outcome" {
+        /// Daraja accepted it and the pending record was written.
+        Accepted => "accepted",
+        /// Daraja accepted it; the pending write went to the background queue.
+        Queued => "queued",
+        /// Daraja answered with an error (see `daraja_code`).
+        DarajaError => "daraja_error",
+        /// Daraja did not answer in time, or could not be reached.
+        DarajaUnreachable => "daraja_unreachable",
+        /// Accepted by Daraja, but Redis refused the pending write.
+        NotRecorded => "not_recorded",
+        /// Accepted by Daraja with an id (or a reply) that cannot be used.
+        BadResponse => "bad_response",
+        /// Refused before Daraja was contacted: the pending-write bound was reached.
+        RefusedQueueFull => "refused_queue_full",
     }
 }
 
-/// A browser transport (`transport` of the gateway's metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    WebSocket,
-    Sse,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WebSocket => "websocket",
-            Self::Sse => "sse",
-        }
+label_enum! {
+    /// A browser transport (`transport` of the gateway's metrics).
+    pub enum Transport: "transport" {
+        WebSocket => "websocket",
+        Sse => "sse",
     }
 }
 
-/// One reconciliation decision (`outcome` of [`GATEWAY_RECONCILE`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReconcileOutcome {
-    /// STK Push Query gave a final answer, applied.
-    QueryFinal,
-    /// PENDING past `reconcile.max_age_secs`: closed as FAILED/UNCONFIRMED.
-    Unconfirmed,
-    /// Already final when its turn came; no query.
-    AlreadyFinal,
-    /// The record is gone (expired); no query.
-    Gone,
-    /// The stored state could not be read; dropped from the due set.
-    Unreadable,
-    /// Query answered "being processed" (or ResultCode 4999): rescheduled.
-    BeingProcessed,
-    /// Daraja does not know the id (yet): rescheduled.
-    UnknownToDaraja,
-    /// Daraja rate-limited the query: rescheduled.
-    RateLimited,
-    /// Another error answer from Daraja: rescheduled.
-    DarajaError,
-    /// Daraja could not be reached in time: rescheduled.
-    Unreachable,
-    /// The OAuth token request failed: rescheduled.
-    OAuthFailed,
-    /// Redis failed mid-way; due again when the claim expires.
-    RedisError,
-    /// Handling took longer than its bound; due again when the claim expires.
-    TimedOut,
-}
-
-impl ReconcileOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::QueryFinal => "query_final",
-            Self::Unconfirmed => "unconfirmed",
-            Self::AlreadyFinal => "already_final",
-            Self::Gone => "gone",
-            Self::Unreadable => "unreadable",
-            Self::BeingProcessed => "being_processed",
-            Self::UnknownToDaraja => "unknown_to_daraja",
-            Self::RateLimited => "rate_limited",
-            Self::DarajaError => "daraja_error",
-            Self::Unreachable => "unreachable",
-            Self::OAuthFailed => "oauth_failed",
-            Self::RedisError => "redis_error",
-            Self::TimedOut => "timed_out",
-        }
+label_enum! {
+    /// One reconciliation decision (`outcome` of [`GATEWAY_RECONCILE`]).
+    pub enum ReconcileOutcome: "outcome" {
+        /// STK Push Query gave a final answer, applied.
+        QueryFinal => "query_final",
+        /// PENDING past `reconcile.max_age_secs`: closed as FAILED/UNCONFIRMED.
+        Unconfirmed => "unconfirmed",
+        /// Already final when its turn came; no query.
+        AlreadyFinal => "already_final",
+        /// The record is gone (expired); no query.
+        Gone => "gone",
+        /// The stored state could not be read; dropped from the due set.
+        Unreadable => "unreadable",
+        /// Query answered "being processed" (or ResultCode 4999): rescheduled.
+        BeingProcessed => "being_processed",
+        /// Daraja does not know the id (yet): rescheduled.
+        UnknownToDaraja => "unknown_to_daraja",
+        /// Daraja rate-limited the query: rescheduled.
+        RateLimited => "rate_limited",
+        /// Another error answer from Daraja: rescheduled.
+        DarajaError => "daraja_error",
+        /// Daraja could not be reached in time: rescheduled.
+        Unreachable => "unreachable",
+        /// The OAuth token request failed: rescheduled.
+        OAuthFailed => "oauth_failed",
+        /// Redis failed mid-way; due again when the claim expires.
+        RedisError => "redis_error",
+        /// Handling took longer than its bound; due again when the claim expires.
+        TimedOut => "timed_out",
     }
 }
 
@@ -287,7 +278,7 @@ pub fn daraja_code(code: Option<&str>) -> &'static str {
 
 /// One callback's outcome.
 pub fn callback(outcome: CallbackOutcome) {
-    metrics::counter!(INGEST_CALLBACKS, "outcome" => outcome.as_str()).increment(1);
+    outcome.counter(INGEST_CALLBACKS).increment(1);
 }
 
 /// A live callback's final state published, `took` after it arrived.
@@ -297,11 +288,16 @@ pub fn callback_published(took: Duration) {
 
 /// A spool record finished by replay: `applied` true when it went through the store.
 pub fn spool_replayed(applied: bool) {
-    let result = if applied { "applied" } else { "dropped" };
-    metrics::counter!(INGEST_SPOOL_REPLAYED, "result" => result).increment(1);
+    if applied {
+        metrics::counter!(INGEST_SPOOL_REPLAYED, "result" => "applied").increment(1);
+    } else {
+        metrics::counter!(INGEST_SPOOL_REPLAYED, "result" => "dropped").increment(1);
+    }
 }
 
-/// One push's outcome, with the Daraja code label from [`daraja_code`].
+/// One push's outcome, with the Daraja code label from [`daraja_code`]. (Two labels
+/// whose pairs are not spelled out: the key is built per push, which costs nothing next
+/// to a call to Daraja.)
 pub fn push(outcome: PushOutcome, daraja_code: &'static str) {
     metrics::counter!(GATEWAY_PUSHES, "outcome" => outcome.as_str(), "daraja_code" => daraja_code)
         .increment(1);
@@ -309,29 +305,53 @@ pub fn push(outcome: PushOutcome, daraja_code: &'static str) {
 
 /// A state from the broker written to a browser `took` after it was received.
 pub fn delivered(transport: Transport, took: Duration) {
-    metrics::histogram!(GATEWAY_DELIVERY, "transport" => transport.as_str())
+    transport
+        .histogram(GATEWAY_DELIVERY)
         .record(took.as_secs_f64());
 }
 
 /// A browser connection opened (`+1.0`) or closed (`-1.0`).
 pub fn connections(transport: Transport, delta: f64) {
-    metrics::gauge!(GATEWAY_CONNECTIONS, "transport" => transport.as_str()).increment(delta);
+    transport.gauge(GATEWAY_CONNECTIONS).increment(delta);
 }
 
 /// One reconciliation decision.
 pub fn reconcile(outcome: ReconcileOutcome) {
-    metrics::counter!(GATEWAY_RECONCILE, "outcome" => outcome.as_str()).increment(1);
+    outcome.counter(GATEWAY_RECONCILE).increment(1);
 }
 
-/// One failed Redis command: `kind` is `timeout`, `unavailable` or `refused`.
-pub fn redis_error(kind: &'static str) {
-    metrics::counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+label_enum! {
+    /// Why a Redis command failed (`kind` of [`REDIS_ERRORS`]).
+    pub enum RedisErrorKind: "kind" {
+        /// No answer in time.
+        Timeout => "timeout",
+        /// The connection is down.
+        Unavailable => "unavailable",
+        /// Redis answered with an error.
+        Refused => "refused",
+    }
 }
 
-/// The pub/sub connection is being rebuilt: `reason` is `connection_lost`,
-/// `probe_missed` or `stalled`.
-pub fn broker_reconnect(reason: &'static str) {
-    metrics::counter!(BROKER_RECONNECTS, "reason" => reason).increment(1);
+label_enum! {
+    /// Why the pub/sub connection is rebuilt (`reason` of [`BROKER_RECONNECTS`]).
+    pub enum ReconnectReason: "reason" {
+        /// The connection closed.
+        ConnectionLost => "connection_lost",
+        /// The periodic probe did not come back in time.
+        ProbeMissed => "probe_missed",
+        /// A SUBSCRIBE or UNSUBSCRIBE got no answer.
+        Stalled => "stalled",
+    }
+}
+
+/// One failed Redis command.
+pub fn redis_error(kind: RedisErrorKind) {
+    kind.counter(REDIS_ERRORS).increment(1);
+}
+
+/// The pub/sub connection is being rebuilt.
+pub fn broker_reconnect(reason: ReconnectReason) {
+    reason.counter(BROKER_RECONNECTS).increment(1);
 }
 
 /// A (re)connect attempt of the pub/sub connection failed.

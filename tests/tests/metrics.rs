@@ -378,3 +378,85 @@ async fn standalone_serves_gateway_and_ingest_metrics_on_one_listener() -> Resul
     );
     Ok(())
 }
+
+/// A Redis restart shows in the metrics: the pub/sub connection is rebuilt, readiness
+/// goes down and comes back (two changes), and Redis errors are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_counted() -> Result<()> {
+    let gw_metrics = free_port().await?;
+    let ingest_metrics = free_port().await?;
+    let mut c = Cluster::start_with(
+        "metrics_redis_restart",
+        ClusterOptions {
+            gateways: 1,
+            ingests: 1,
+            gateway_env: vec![kv(
+                "GATEWAY__METRICS__BIND",
+                &format!("127.0.0.1:{gw_metrics}"),
+            )],
+            ingest_env: vec![kv(
+                "INGEST__METRICS__BIND",
+                &format!("127.0.0.1:{ingest_metrics}"),
+            )],
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
+    let gw0 = scrape(&c.http, gw_metrics).await?;
+    let in0 = scrape(&c.http, ingest_metrics).await?;
+
+    c.redis.kill().await?;
+    let gw_url = c.gateway(0).url().to_owned();
+    let ingest_url = c.ingest(0).url().to_owned();
+    c.wait_unready(&gw_url, STEP).await?;
+    c.wait_unready(&ingest_url, STEP).await?;
+    let down = scrape(&c.http, gw_metrics).await?;
+    ensure!(
+        down.get("stk_relay_ready", &[]) == 0.0,
+        "ready while Redis is down:\n{}",
+        down.text
+    );
+    ensure!(
+        down.get("stk_relay_broker_connected", &[]) == 0.0,
+        "broker connected while Redis is down:\n{}",
+        down.text
+    );
+    c.redis.restart().await?;
+    c.wait_ready(&gw_url, STEP).await?;
+    c.wait_ready(&ingest_url, STEP).await?;
+
+    let gw1 = scrape(&c.http, gw_metrics).await?;
+    let in1 = scrape(&c.http, ingest_metrics).await?;
+    // Down, then up: at least two changes (more only if a probe caught a flicker).
+    for (before, after) in [(&gw0, &gw1), (&in0, &in1)] {
+        let changes = after.get("stk_relay_readiness_changes_total", &[])
+            - before.get("stk_relay_readiness_changes_total", &[]);
+        ensure!(
+            changes >= 2.0,
+            "readiness changes {changes}:\n{}",
+            after.text
+        );
+    }
+    let reconnects = gw1.get("stk_relay_broker_reconnects_total", &[])
+        - gw0.get("stk_relay_broker_reconnects_total", &[]);
+    ensure!(
+        reconnects >= 1.0,
+        "no broker reconnect counted:\n{}",
+        gw1.text
+    );
+    ensure!(
+        gw1.get("stk_relay_broker_connected", &[]) == 1.0,
+        "broker not back"
+    );
+    let errors = in1.get("stk_relay_redis_errors_total", &[])
+        - in0.get("stk_relay_redis_errors_total", &[])
+        + gw1.get("stk_relay_redis_errors_total", &[])
+        - gw0.get("stk_relay_redis_errors_total", &[]);
+    ensure!(
+        errors >= 1.0,
+        "no Redis error counted:\n{}\n{}",
+        gw1.text,
+        in1.text
+    );
+    Ok(())
+}

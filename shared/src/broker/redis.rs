@@ -744,14 +744,15 @@ impl Task {
 }
 
 /// `PUBLISH` on a pooled command connection, bounded by the command timeout.
-/// The `reason` label of a connection rebuild, from its log message.
-fn reconnect_reason(why: &str) -> &'static str {
+/// The metrics reason of a connection rebuild, from its log message.
+fn reconnect_reason(why: &str) -> crate::metrics::ReconnectReason {
+    use crate::metrics::ReconnectReason;
     if why.contains("probe") {
-        "probe_missed"
+        ReconnectReason::ProbeMissed
     } else if why.contains("stalled") {
-        "stalled"
+        ReconnectReason::Stalled
     } else {
-        "connection_lost"
+        ReconnectReason::ConnectionLost
     }
 }
 

@@ -114,10 +114,11 @@ impl From<redis::RedisError> for StoreError {
     /// (`stk_relay_redis_errors_total`).
     fn from(e: redis::RedisError) -> Self {
         let err = Self::classify(e);
+        use crate::metrics::RedisErrorKind;
         crate::metrics::redis_error(match &err {
-            StoreError::Timeout => "timeout",
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Protocol(_) => "refused",
+            StoreError::Timeout => RedisErrorKind::Timeout,
+            StoreError::Unavailable(_) => RedisErrorKind::Unavailable,
+            StoreError::Protocol(_) => RedisErrorKind::Refused,
         });
         err
     }
