@@ -8,6 +8,7 @@ use serde::Deserialize;
 use stk_relay_shared::config::{
     self as shared_config, ConfigError, RedisSettings, ServerSettings, Settings,
 };
+use stk_relay_shared::metrics::MetricsSettings;
 use stk_relay_shared::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -22,6 +23,7 @@ pub struct IngestSettings {
     pub callbacks: CallbackSettings,
     pub limits: LimitSettings,
     pub dev: DevSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// Development-only relaxations.
@@ -76,6 +78,7 @@ impl Settings for IngestSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.redis.validate()?;
+        self.metrics.validate()?;
         shared_config::require_secret("tokens.callback_secret", &self.tokens.callback_secret, 32)?;
         let max = stk_relay_shared::daraja::callback::MAX_CALLBACK_BYTES;
         if !(1024..=max).contains(&self.callbacks.max_body_bytes) {

@@ -55,19 +55,14 @@ impl ResponseError for IngestError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        // `Unavailable`, `RedisRefused` and `SpoolFull` are logged by the callback route
+        // (`log_not_stored`), inside its span, so the line carries the CheckoutRequestID;
+        // this runs after the handler's span has closed.
         let message = match self {
-            Self::Unavailable(cause) => {
-                tracing::error!(cause = %cause, "callback not stored: redis unavailable");
+            Self::Unavailable(_) | Self::RedisRefused(_) => {
                 "temporarily unavailable; retry later".to_owned()
             }
-            Self::RedisRefused(cause) => {
-                tracing::error!(cause = %cause, "callback not stored: redis answered with an error");
-                "temporarily unavailable; retry later".to_owned()
-            }
-            Self::SpoolFull(cause) => {
-                tracing::error!(cause = %cause, "callback not stored: redis unavailable and spool full");
-                "temporarily unavailable (spool full); retry later".to_owned()
-            }
+            Self::SpoolFull(_) => "temporarily unavailable (spool full); retry later".to_owned(),
             Self::Internal(cause) => {
                 tracing::error!(cause = %cause, "internal error");
                 "internal error".to_owned()

@@ -445,6 +445,7 @@ pub async fn replay(state: web::Data<AppState>, spool: Arc<Spool>) {
         match result {
             Ok(_) => {
                 tracing::info!(parent: &span, "spooled callback applied");
+                stk_relay_shared::metrics::spool_replayed(true);
                 backoff = Duration::from_millis(100);
             }
             Err(
@@ -459,6 +460,7 @@ pub async fn replay(state: web::Data<AppState>, spool: Arc<Spool>) {
             }
             Err(e) => {
                 tracing::error!(parent: &span, reason = %e, "spooled callback refused by the normal path; dropped");
+                stk_relay_shared::metrics::spool_replayed(false);
             }
         }
         let s = spool.clone();

@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use stk_relay_shared::config::ServerSettings;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::metrics::{self, Collector, MetricsServer};
 use stk_relay_shared::net::Cidr;
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, RedisPool, Schedule, Storage};
@@ -98,6 +99,18 @@ impl Ingest {
 
     /// Registers the callback route and the ingest's state on an `App`. Not health
     /// routes or the fallback: the server adds its own.
+    /// Reads the spool's size into its gauges before each scrape (no-op without a spool).
+    pub fn metrics_collector(&self) -> Collector {
+        let spool = self.state.spool.clone();
+        Arc::new(move || {
+            let Some(spool) = &spool else { return };
+            let st = spool.status();
+            metrics::set_gauge(metrics::INGEST_SPOOL_RECORDS, st.pending as f64);
+            metrics::set_gauge(metrics::INGEST_SPOOL_BYTES, st.bytes as f64);
+            metrics::set_gauge(metrics::INGEST_SPOOL_FULL, if st.full { 1.0 } else { 0.0 });
+        })
+    }
+
     pub fn configure_callbacks(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
         let data = self.state.clone();
         move |cfg: &mut web::ServiceConfig| {
@@ -115,6 +128,7 @@ pub struct Application {
     server: Server,
     shutdown: Shutdown,
     ingest: Ingest,
+    metrics: Option<MetricsServer>,
 }
 
 impl Application {
@@ -129,6 +143,7 @@ impl Application {
             Ingest::build(settings.clone(), shutdown.clone(), Storage::Redis(pool)).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
+        let metrics = MetricsServer::start(&settings.metrics, vec![ingest.metrics_collector()])?;
         let data = ingest.state.clone();
         let callbacks = ingest.configure_callbacks();
         let server = HttpServer::new(move || {
@@ -147,6 +162,7 @@ impl Application {
             server: server.run(),
             shutdown,
             ingest,
+            metrics,
         })
     }
 
@@ -157,6 +173,11 @@ impl Application {
     /// `http://<host>:<port>`, with `0.0.0.0` shown as `127.0.0.1`.
     pub fn base_url(&self) -> String {
         self.server_settings.local_url(self.port)
+    }
+
+    /// The metrics listener's address, when `metrics.bind` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// Serves until shutdown: readiness turns 503 at once, the listener stops, and
@@ -171,6 +192,9 @@ impl Application {
         });
         let r = self.server.await;
         drop(self.ingest);
+        if let Some(m) = self.metrics {
+            m.stop().await;
+        }
         tracing::info!("stopped");
         r
     }

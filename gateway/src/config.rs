@@ -9,6 +9,7 @@ use stk_relay_shared::config::{
     self as shared_config, ConfigError, RedisSettings, ServerSettings, Settings,
 };
 use stk_relay_shared::daraja::DarajaClientSettings;
+use stk_relay_shared::metrics::MetricsSettings;
 use stk_relay_shared::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -28,6 +29,7 @@ pub struct GatewaySettings {
     pub reconcile: ReconcileSettings,
     pub dev: DevSettings,
     pub compat: CompatSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// `[compat]`: the Durable Objects compatibility routes (`docs/compat.md`). Off by default.
@@ -257,6 +259,7 @@ impl Settings for GatewaySettings {
         self.server.validate()?;
         self.redis.validate()?;
         self.daraja.validate()?;
+        self.metrics.validate()?;
         if self.api.keys.is_empty() {
             return Err(ConfigError::Invalid(
                 "api.keys must list at least one API key".into(),

@@ -44,6 +44,9 @@ pub struct PaymentFeed {
     /// Set before a re-read and cleared after it, so a cancelled `next` re-reads.
     needs_resync: bool,
     resync_failures: u32,
+    /// When the last state handed out arrived from the broker (or was re-read after a
+    /// resync): the start of `stk_relay_gateway_delivery_seconds`.
+    received: Option<std::time::Instant>,
 }
 
 /// Failed re-reads after a resync before the feed waits for the next broker event.
@@ -105,6 +108,7 @@ impl PaymentFeed {
                 done,
                 needs_resync: false,
                 resync_failures: 0,
+                received: None,
             },
             first,
         ))
@@ -113,6 +117,12 @@ impl PaymentFeed {
     /// Whether the final state has been handed out.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// When the state last handed out by [`PaymentFeed::next`] arrived from the broker;
+    /// `None` for the snapshot, or once taken.
+    pub fn take_received(&mut self) -> Option<std::time::Instant> {
+        self.received.take()
     }
 
     /// Waits for the next frame to send. Cancel-safe. After the final frame it waits
@@ -137,6 +147,7 @@ impl PaymentFeed {
                         self.needs_resync = false;
                         self.resync_failures = 0;
                         if let Some(f) = self.accept(&state) {
+                            self.received = Some(std::time::Instant::now());
                             return Some(f);
                         }
                     }
@@ -160,7 +171,9 @@ impl PaymentFeed {
             }
             match self.sub.recv().await {
                 BrokerEvent::Message(state) => {
+                    let at = std::time::Instant::now();
                     if let Some(f) = self.accept(&state) {
+                        self.received = Some(at);
                         return Some(f);
                     }
                 }

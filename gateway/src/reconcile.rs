@@ -31,6 +31,7 @@ use stk_relay_shared::daraja::client::StkQueryStatus;
 use stk_relay_shared::daraja::types::codes;
 use stk_relay_shared::daraja::{DarajaClient, DarajaError};
 use stk_relay_shared::ids::CheckoutRequestId;
+use stk_relay_shared::metrics::{self, ReconcileOutcome};
 use stk_relay_shared::payment::{PaymentOutcome, PaymentState, ResultCode, ResultSource};
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{ApplyOutcome, PaymentStore, Schedule, StoreError};
@@ -60,6 +61,18 @@ pub enum NotYet {
 }
 
 impl NotYet {
+    /// Its `outcome` in `stk_relay_gateway_reconcile_total`.
+    pub fn metric(self) -> ReconcileOutcome {
+        match self {
+            Self::BeingProcessed => ReconcileOutcome::BeingProcessed,
+            Self::UnknownToDaraja => ReconcileOutcome::UnknownToDaraja,
+            Self::RateLimited => ReconcileOutcome::RateLimited,
+            Self::DarajaError => ReconcileOutcome::DarajaError,
+            Self::Unreachable => ReconcileOutcome::Unreachable,
+            Self::OAuth => ReconcileOutcome::OAuthFailed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BeingProcessed => "being_processed",
@@ -213,11 +226,13 @@ impl Reconciler {
                 Ok(Ok(Handled::Queried)) => {}
                 Ok(Ok(Handled::NoQuery)) => unused += 1,
                 Ok(Err(e)) => {
+                    metrics::reconcile(ReconcileOutcome::RedisError);
                     // The claim expires by itself; the payment is due again then.
                     tracing::warn!(checkout_request_id = %id, error = %e, "reconcile: redis failed mid-way; the payment is due again when its claim expires");
                     unused += 1;
                 }
                 Err(_) => {
+                    metrics::reconcile(ReconcileOutcome::TimedOut);
                     tracing::warn!(checkout_request_id = %id, bound_ms = bound.as_millis() as u64, "reconcile: handling took too long; the payment is due again when its claim expires");
                 }
             }
@@ -233,6 +248,7 @@ impl Reconciler {
     async fn handle(&self, id: &CheckoutRequestId) -> Result<Handled, StoreError> {
         let Some(json) = self.store.get(id).await? else {
             tracing::info!(checkout_request_id = %id, cause = "gone", "reconcile: no such payment; dropped from the due set");
+            metrics::reconcile(ReconcileOutcome::Gone);
             self.schedule.remove(id).await?;
             return Ok(Handled::NoQuery);
         };
@@ -240,12 +256,14 @@ impl Reconciler {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(checkout_request_id = %id, error = %e, "reconcile: stored state unreadable; dropped from the due set");
+                metrics::reconcile(ReconcileOutcome::Unreadable);
                 self.schedule.remove(id).await?;
                 return Ok(Handled::NoQuery);
             }
         };
         if state.status.is_final() {
             tracing::info!(checkout_request_id = %id, status = state.status.as_str(), cause = "already_final", "reconcile: payment already final; no query");
+            metrics::reconcile(ReconcileOutcome::AlreadyFinal);
             self.schedule.remove(id).await?;
             return Ok(Handled::NoQuery);
         }
@@ -261,6 +279,7 @@ impl Reconciler {
                 result = result_name(&applied),
                 "reconcile: no final answer within max_age_secs; closed as FAILED/UNCONFIRMED"
             );
+            metrics::reconcile(ReconcileOutcome::Unconfirmed);
             self.schedule.remove(id).await?;
             return Ok(Handled::NoQuery);
         }
@@ -284,6 +303,7 @@ impl Reconciler {
                     result = result_name(&applied),
                     "reconcile: STK Push Query gave a final answer"
                 );
+                metrics::reconcile(ReconcileOutcome::QueryFinal);
                 self.schedule.remove(id).await?;
             }
             Verdict::NotYet(cause) => {
@@ -291,6 +311,7 @@ impl Reconciler {
                 let jitter = f64::from(now.timestamp_subsec_nanos() % 1_000_000) / 10_000_000.0;
                 let due = next_due(&self.settings, created, now, cause, jitter);
                 self.schedule.schedule(id, due).await?;
+                metrics::reconcile(cause.metric());
                 let in_ms = (due - now).num_milliseconds();
                 let age = (now - created).to_std().unwrap_or_default();
                 if cause == NotYet::UnknownToDaraja && age > UNKNOWN_ID_GRACE {

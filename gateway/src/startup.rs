@@ -30,6 +30,7 @@ use stk_relay_shared::daraja::DarajaClient;
 use stk_relay_shared::http::RedactedRootSpan;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
+use stk_relay_shared::metrics::{self, Collector, MetricsServer, Transport};
 use stk_relay_shared::shutdown::Shutdown;
 use stk_relay_shared::store::{PaymentStore, Schedule};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
@@ -105,10 +106,26 @@ pub struct ConnectionGuard {
     conns: Arc<Connections>,
     payment: Option<CheckoutRequestId>,
     ip: Option<IpAddr>,
+    /// Counted in `stk_relay_gateway_connections` under this transport.
+    transport: Option<Transport>,
+}
+
+impl ConnectionGuard {
+    /// Counts this connection in the open-connections gauge of `transport` until it is
+    /// dropped.
+    pub fn count_as(&mut self, transport: Transport) {
+        if self.transport.is_none() {
+            metrics::connections(transport, 1.0);
+            self.transport = Some(transport);
+        }
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        if let Some(t) = self.transport.take() {
+            metrics::connections(t, -1.0);
+        }
         if let Some(id) = self.payment.take() {
             Connections::give_back(&self.conns.by_payment, &id);
         }
@@ -157,6 +174,7 @@ impl AppState {
             conns: conns.clone(),
             payment: None,
             ip: None,
+            transport: None,
         };
         if prev >= conns.max {
             return Err(ApiError::Unavailable("connection limit reached".into()));
@@ -271,6 +289,27 @@ impl Gateway {
         Ok(Self { state, writer })
     }
 
+    /// Reads the node's states into their gauges before each scrape: upstream channels,
+    /// the pub/sub connection, queued pending writes.
+    pub fn metrics_collector(&self) -> Collector {
+        let state = self.state.clone();
+        Arc::new(move || {
+            metrics::set_gauge(
+                metrics::GATEWAY_CHANNELS,
+                state.broker.channel_count() as f64,
+            );
+            metrics::set_gauge(
+                metrics::BROKER_CONNECTED,
+                if state.broker.is_connected() {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            metrics::set_gauge(metrics::GATEWAY_PENDING_QUEUED, state.pending.len() as f64);
+        })
+    }
+
     /// The shared state (for routes composed beside the gateway's, such as the demo's).
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
@@ -370,6 +409,7 @@ pub struct Application {
     server_settings: ServerSettings,
     server: Server,
     gateway: Gateway,
+    metrics: Option<MetricsServer>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -392,6 +432,7 @@ impl Application {
         let gateway = Gateway::build(settings.clone(), shutdown, backends).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
+        let metrics = MetricsServer::start(&settings.metrics, vec![gateway.metrics_collector()])?;
         let configure = gateway.configure();
         let server = HttpServer::new(move || {
             App::new()
@@ -406,6 +447,7 @@ impl Application {
             server_settings: settings.server.clone(),
             server: server.run(),
             gateway,
+            metrics,
         })
     }
 
@@ -418,11 +460,19 @@ impl Application {
         self.server_settings.local_url(self.port)
     }
 
+    /// The metrics listener's address, when `metrics.bind` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
     /// Serves until the shutdown handle fires, then runs the shutdown sequence.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let deadline = self.gateway.spawn_drain(self.server.handle());
         let r = self.server.await;
         self.gateway.finish(deadline).await;
+        if let Some(m) = self.metrics {
+            m.stop().await;
+        }
         tracing::info!("stopped");
         r
     }

@@ -16,6 +16,7 @@
 //! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
 //! - [`config`]: layered configuration loading and the shared settings sections.
 //! - [`telemetry`]: tracing set-up (text or JSON).
+//! - [`metrics`]: every Prometheus metric's name and labels, and the separate `/metrics` listener.
 //! - [`shutdown`]: the explicit shutdown handle.
 
 pub mod api;
@@ -27,6 +28,7 @@ pub mod daraja;
 pub mod http;
 pub mod ids;
 pub mod keyspace;
+pub mod metrics;
 pub mod net;
 pub mod payment;
 pub mod session_token;

@@ -17,6 +17,7 @@ use stk_relay_gateway::config::GatewaySettings;
 use stk_relay_shared::config::{
     load_checked, ConfigError, RedisSettings, ServerSettings, Settings,
 };
+use stk_relay_shared::metrics::MetricsSettings;
 use stk_relay_shared::telemetry::TelemetrySettings;
 
 /// The built-in defaults.
@@ -62,6 +63,7 @@ pub struct StandaloneSettings {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
+    pub metrics: MetricsSettings,
 }
 
 fn list_keys() -> Vec<&'static str> {
@@ -99,6 +101,7 @@ impl StandaloneSettings {
     pub fn load(file: Option<&Path>, extra: Option<&str>) -> Result<Self, ConfigError> {
         let s: Self = load(file, extra)?;
         s.server.validate()?;
+        s.metrics.validate()?;
         if s.node.demo && !s.node.simulator {
             return Err(ConfigError::Invalid(
                 "node.demo needs node.simulator = true: the demo's push endpoint has no API key, so with the real Daraja any visitor could prompt real phones".into(),

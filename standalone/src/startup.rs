@@ -20,6 +20,7 @@ use stk_relay_gateway::routes::demo::DemoOptions;
 use stk_relay_gateway::startup::Gateway;
 use stk_relay_shared::backends::Backends;
 use stk_relay_shared::http::RedactedRootSpan;
+use stk_relay_shared::metrics::MetricsServer;
 use stk_relay_shared::shutdown::Shutdown;
 use tracing_actix_web::TracingLogger;
 
@@ -65,6 +66,7 @@ pub struct Standalone {
     generated: Generated,
     demo: bool,
     memory: bool,
+    metrics: Option<MetricsServer>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -145,6 +147,10 @@ impl Standalone {
         let gateway = Gateway::build(gateway_settings, shutdown.clone(), backends.clone()).await?;
         let ingest = Ingest::build(ingest_settings, shutdown, backends.storage.clone()).await?;
 
+        let metrics = MetricsServer::start(
+            &settings.metrics,
+            vec![gateway.metrics_collector(), ingest.metrics_collector()],
+        )?;
         let gateway_routes = gateway.configure();
         let ingest_routes = ingest.configure_callbacks();
         let demo = settings.node.demo;
@@ -175,6 +181,7 @@ impl Standalone {
             generated,
             demo,
             memory,
+            metrics,
         })
     }
 
@@ -209,6 +216,12 @@ impl Standalone {
             )),
             None => out.push_str("  Daraja:         daraja.base_url\n"),
         }
+        if let Some(m) = &self.metrics {
+            out.push_str(&format!(
+                "  metrics:        http://{}/metrics\n",
+                m.local_addr()
+            ));
+        }
         let g = &self.generated;
         if g.api_key.is_some() || g.subscribe_secret.is_some() || g.callback_secret.is_some() {
             out.push_str("  generated for this run (set them in the config to keep them):\n");
@@ -239,6 +252,9 @@ impl Standalone {
         self.gateway.finish(deadline).await;
         if let Some(sim) = self.sim {
             sim.stop().await;
+        }
+        if let Some(m) = self.metrics {
+            m.stop().await;
         }
         tracing::info!("stopped");
         r

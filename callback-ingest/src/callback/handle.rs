@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use stk_relay_shared::daraja::callback::parse_callback;
+use stk_relay_shared::daraja::callback::CallbackError;
 use stk_relay_shared::ids::CheckoutRequestId;
+use stk_relay_shared::metrics::{self, CallbackOutcome};
 use stk_relay_shared::store::{retry_while_unavailable, ApplyOutcome, StoreError};
 
 use crate::callback::{apply::apply_with_retry, validate::check_token};
@@ -25,7 +27,9 @@ pub struct Processed {
 
 /// Checks, parses and applies one callback received at `received_at`.
 ///
-/// Records `checkout_request_id` and `result_code` on the current span. Errors:
+/// Records `checkout_request_id` and `result_code` on the current span, and counts the
+/// callback in `stk_relay_ingest_callbacks_total` unless Redis was unreachable (the
+/// caller counts that: spooled, or refused). Errors:
 /// `Forbidden` (bad token, or a token of another payment), `Malformed` (the body),
 /// `Unavailable` (Redis did not answer within `callbacks.redis_retry_budget_ms`: the
 /// callback was checked and parsed, and may be spooled), `RedisRefused` (Redis answered
@@ -41,9 +45,14 @@ pub async fn process(
         token,
         received_at,
         state.settings.callback_token_ttl(),
-    )?;
+    )
+    .inspect_err(|_| metrics::callback(CallbackOutcome::Forbidden))?;
     let callback = parse_callback(body).map_err(|e| {
         tracing::warn!(error = %e, "callback rejected: malformed");
+        metrics::callback(match e {
+            CallbackError::TooLarge { .. } => CallbackOutcome::TooLarge,
+            _ => CallbackOutcome::Malformed,
+        });
         IngestError::Malformed(e)
     })?;
     let span = tracing::Span::current();
@@ -65,8 +74,12 @@ pub async fn process(
     .await
     .map_err(|e| match e {
         StoreError::Unavailable(_) | StoreError::Timeout => IngestError::Unavailable(e.to_string()),
-        StoreError::Protocol(_) => IngestError::RedisRefused(e.to_string()),
+        StoreError::Protocol(_) => {
+            metrics::callback(CallbackOutcome::RedisError);
+            IngestError::RedisRefused(e.to_string())
+        }
     })?;
+    metrics::callback(outcome_label(&outcome));
     let id = callback.checkout_request_id.as_str();
     match &outcome {
         ApplyOutcome::Applied { .. } => {
@@ -121,6 +134,21 @@ pub async fn process(
         checkout_request_id: callback.checkout_request_id,
         outcome,
     })
+}
+
+/// The metrics label of a store verdict.
+fn outcome_label(outcome: &ApplyOutcome) -> CallbackOutcome {
+    match outcome {
+        ApplyOutcome::Applied { .. } => CallbackOutcome::Applied,
+        ApplyOutcome::Corrected { .. } => CallbackOutcome::Corrected,
+        ApplyOutcome::Mismatch { .. } => CallbackOutcome::Mismatch,
+        ApplyOutcome::AwaitingConfirmation => CallbackOutcome::AwaitingConfirmation,
+        ApplyOutcome::Duplicate => CallbackOutcome::Duplicate,
+        ApplyOutcome::Early => CallbackOutcome::Early,
+        ApplyOutcome::EarlyFull => CallbackOutcome::EarlyFull,
+        ApplyOutcome::NotFound => CallbackOutcome::NotFound,
+        ApplyOutcome::Forbidden => CallbackOutcome::Forbidden,
+    }
 }
 
 /// Makes the payment due for an STK Push Query now. The payment is already in the due set

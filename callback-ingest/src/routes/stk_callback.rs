@@ -10,11 +10,14 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use stk_relay_shared::daraja::types::CallbackAck;
+use stk_relay_shared::metrics::{self, CallbackOutcome};
 use stk_relay_shared::net::{any_contains, request_client_ip};
+use stk_relay_shared::store::ApplyOutcome;
 
 use crate::callback::handle::process;
 use crate::error::IngestError;
@@ -30,6 +33,7 @@ pub async fn stk_callback(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
     let received_at = Utc::now();
+    let started = Instant::now();
     let source = request_client_ip(&req, &state.trusted_proxies);
     if let Some(ip) = source {
         tracing::Span::current().record("source", tracing::field::display(ip));
@@ -39,7 +43,12 @@ pub async fn stk_callback(
     if !state.allowed_sources.is_empty()
         && !source.is_some_and(|ip| any_contains(&state.allowed_sources, ip))
     {
-        return Err(refuse(&state, source, limited, IngestError::SourceRefused));
+        return Err(counted(refuse(
+            &state,
+            source,
+            limited,
+            IngestError::SourceRefused,
+        )));
     }
     // The signature alone (no body read yet); `process` checks the token in full.
     if state
@@ -47,16 +56,31 @@ pub async fn stk_callback(
         .verify(&token, received_at, state.settings.callback_token_ttl())
         .is_err()
     {
-        return Err(refuse(&state, source, limited, IngestError::Forbidden));
+        return Err(counted(refuse(
+            &state,
+            source,
+            limited,
+            IngestError::Forbidden,
+        )));
     }
     let body = match read_body(&req, payload, state.settings.callbacks.max_body_bytes).await {
         Ok(body) => body,
-        Err(e @ IngestError::TooLarge { .. }) => return Err(refuse(&state, source, false, e)),
+        Err(e @ IngestError::TooLarge { .. }) => {
+            return Err(counted(refuse(&state, source, false, e)))
+        }
         Err(e) => return Err(e),
     };
 
-    match process(&state, &token, &body, received_at).await {
-        Ok(_) => Ok(HttpResponse::Ok().json(CallbackAck::accepted())),
+    let result = match process(&state, &token, &body, received_at).await {
+        Ok(processed) => {
+            if matches!(
+                processed.outcome,
+                ApplyOutcome::Applied { .. } | ApplyOutcome::Corrected { .. }
+            ) {
+                metrics::callback_published(started.elapsed());
+            }
+            Ok(HttpResponse::Ok().json(CallbackAck::accepted()))
+        }
         Err(IngestError::Unavailable(cause)) => match &state.spool {
             Some(spool) => {
                 let record = Record {
@@ -66,12 +90,36 @@ pub async fn stk_callback(
                 };
                 spool_callback(spool.clone(), record, cause).await
             }
-            None => Err(IngestError::Unavailable(cause)),
+            None => {
+                metrics::callback(CallbackOutcome::Unavailable);
+                Err(IngestError::Unavailable(cause))
+            }
         },
         Err(e @ (IngestError::Forbidden | IngestError::Malformed(_))) => {
             Err(refuse(&state, source, false, e))
         }
         Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        log_not_stored(e);
+    }
+    result
+}
+
+/// The error line of a callback answered 503, logged here (inside the `stk_callback`
+/// span, which carries `checkout_request_id`) rather than when the response is built.
+fn log_not_stored(e: &IngestError) {
+    match e {
+        IngestError::Unavailable(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis unavailable")
+        }
+        IngestError::RedisRefused(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis answered with an error")
+        }
+        IngestError::SpoolFull(cause) => {
+            tracing::error!(cause = %cause, "callback not stored: redis unavailable and spool full")
+        }
+        _ => {}
     }
 }
 
@@ -94,6 +142,18 @@ fn refuse(
     reason
 }
 
+/// Counts a callback refused before it reached `process` (which counts the others).
+fn counted(e: IngestError) -> IngestError {
+    let outcome = match &e {
+        IngestError::SourceRefused => CallbackOutcome::SourceRefused,
+        IngestError::RateLimited => CallbackOutcome::RateLimited,
+        IngestError::TooLarge { .. } => CallbackOutcome::TooLarge,
+        _ => CallbackOutcome::Forbidden,
+    };
+    metrics::callback(outcome);
+    e
+}
+
 /// Writes a checked callback to the spool; 200 once it is on disk, 503 otherwise.
 async fn spool_callback(
     spool: Arc<Spool>,
@@ -103,6 +163,11 @@ async fn spool_callback(
     let written = tokio::task::spawn_blocking(move || spool.append(&record))
         .await
         .unwrap_or_else(|e| Err(SpoolError::Io(std::io::Error::other(e.to_string()))));
+    metrics::callback(match &written {
+        Ok(()) => CallbackOutcome::Spooled,
+        Err(SpoolError::Full { .. }) => CallbackOutcome::SpoolFull,
+        Err(_) => CallbackOutcome::Unavailable,
+    });
     match written {
         Ok(()) => {
             tracing::warn!(cause = %cause, "redis unavailable; callback spooled and acknowledged");

@@ -202,7 +202,8 @@ pub async fn websocket(
         .map_err(|e| ApiError::Internal(format!("session cap key: {e}")))?;
     let ip =
         stk_relay_shared::net::request_client_ip(&req, &state.settings.server.trusted_proxies());
-    let guard = state.admit(&cap_key, ip)?;
+    let mut guard = state.admit(&cap_key, ip)?;
+    guard.count_as(stk_relay_shared::metrics::Transport::WebSocket);
     let (response, ws_session, msgs) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::Malformed(format!("not a WebSocket upgrade: {e}")))?;
     let span = tracing::info_span!(

@@ -11,7 +11,14 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// 200 when Redis answers (commands and subscriber) and the node is not draining.
+/// Each answer is recorded in the `stk_relay_ready` gauge (and its changes counted).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let answer = readiness(&state).await;
+    stk_relay_shared::metrics::readiness(answer.status().is_success());
+    answer
+}
+
+async fn readiness(state: &AppState) -> HttpResponse {
     if state.shutdown.is_draining() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
     }

@@ -10,6 +10,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use stk_relay_shared::ids::CheckoutRequestId;
+use stk_relay_shared::metrics::{self, Transport};
 use stk_relay_shared::shutdown::Shutdown;
 use tracing::Instrument;
 
@@ -116,7 +117,8 @@ pub async fn ws(
     let id = authorize(&req, &path, &state, false)?;
     check_origin(&req, &state.settings.api.allowed_origins)?;
     let id_for_log = id.clone();
-    let guard = admit(&req, &state, &id)?;
+    let mut guard = admit(&req, &state, &id)?;
+    guard.count_as(Transport::WebSocket);
     let (response, ws_session, msgs) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::Malformed(format!("not a WebSocket upgrade: {e}")))?;
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
@@ -152,7 +154,8 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = authorize(&req, &path, &state, false)?;
-    let guard = admit(&req, &state, &id)?;
+    let mut guard = admit(&req, &state, &id)?;
+    guard.count_as(Transport::Sse);
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
         .await
         .map_err(feed_error)?;
@@ -241,6 +244,9 @@ fn sse_stream(
                     _ = &mut st.expires => None,
                     ev = st.feed.next() => match ev {
                         FeedEvent::Frame(frame) => {
+                            if let Some(at) = st.feed.take_received() {
+                                metrics::delivered(Transport::Sse, at.elapsed());
+                            }
                             if st.feed.is_done() {
                                 st.step = SseStep::End;
                             }

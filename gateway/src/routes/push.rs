@@ -17,9 +17,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use stk_relay_shared::api::{PushRequest, PushResponse};
 use stk_relay_shared::daraja::client::StkPush;
+use stk_relay_shared::daraja::DarajaError;
 use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
+use stk_relay_shared::metrics::{self, PushOutcome};
 use stk_relay_shared::payment::{PaymentState, StateHead};
 use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome, StoreError};
 
@@ -186,6 +188,7 @@ pub async fn push(
 fn reserve_slot(state: &AppState) -> Result<Slot, ApiError> {
     state.pending.reserve().ok_or_else(|| {
         tracing::warn!("pending-write bound reached; push refused before contacting Daraja");
+        metrics::push(PushOutcome::RefusedQueueFull, "none");
         ApiError::Unavailable("pending-write queue full".into())
     })
 }
@@ -349,23 +352,49 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, may_have_reached_daraja = e.may_have_reached_daraja(), "STK push failed");
+            let outcome = match &e {
+                DarajaError::Timeout { .. }
+                | DarajaError::Transport(_)
+                | DarajaError::ConnectionLost(_) => PushOutcome::DarajaUnreachable,
+                _ => PushOutcome::DarajaError,
+            };
+            let code = match &e {
+                DarajaError::Api { .. } | DarajaError::Auth { .. } => {
+                    metrics::daraja_code(e.daraja_error_code())
+                }
+                DarajaError::Timeout { .. }
+                | DarajaError::Transport(_)
+                | DarajaError::ConnectionLost(_) => "none",
+                _ => "other",
+            };
+            metrics::push(outcome, code);
             Failed {
                 may_have_pushed: e.may_have_reached_daraja(),
                 error: ApiError::from(e),
             }
         })?;
     if resp.response_code != "0" {
+        tracing::warn!(
+            response_code = %stk_relay_shared::text::clean_external(&resp.response_code),
+            "STK push refused by Daraja"
+        );
+        metrics::push(
+            PushOutcome::DarajaError,
+            metrics::daraja_code(Some(&resp.response_code)),
+        );
         return Err(Failed::before_push(ApiError::Daraja {
             daraja_code: Some(resp.response_code.clone()),
             message: resp.response_description.clone(),
         }));
     }
     let checkout = CheckoutRequestId::parse(&resp.checkout_request_id).map_err(|e| {
+        metrics::push(PushOutcome::BadResponse, "none");
         Failed::after_push(ApiError::Internal(format!(
             "Daraja returned a bad CheckoutRequestID: {e}"
         )))
     })?;
     let merchant = MerchantRequestId::parse(&resp.merchant_request_id).map_err(|e| {
+        metrics::push(PushOutcome::BadResponse, "none");
         Failed::after_push(ApiError::Internal(format!(
             "Daraja returned a bad MerchantRequestID: {e}"
         )))
@@ -387,10 +416,12 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
     let (status, unwritten) = match record_inline(state, &write).await {
         Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {
             tracing::warn!(checkout_request_id = %checkout, error = %e, "push accepted by Daraja; pending write goes to the background queue");
+            metrics::push(PushOutcome::Queued, "none");
             ("PENDING".to_owned(), Some(write))
         }
         Err(e) => {
             tracing::error!(checkout_request_id = %checkout, error = %e, "push accepted by Daraja but not recorded");
+            metrics::push(PushOutcome::NotRecorded, "none");
             return Err(Failed::after_push(e.into()));
         }
         Ok(RecordOutcome::Collision) => {
@@ -398,6 +429,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
                 checkout_request_id = %checkout,
                 "CheckoutRequestID collision: a record bound to another push exists; left as is"
             );
+            metrics::push(PushOutcome::BadResponse, "none");
             return Err(Failed::after_push(ApiError::Daraja {
                 daraja_code: None,
                 message: "Daraja returned a CheckoutRequestID that belongs to another payment"
@@ -405,6 +437,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
             }));
         }
         Ok(outcome) => {
+            metrics::push(PushOutcome::Accepted, "none");
             on_recorded(&state.store, &checkout, &outcome).await;
             let status = match &outcome {
                 RecordOutcome::AppliedEarly(s) | RecordOutcome::AlreadyExists(s) => status_of(s),

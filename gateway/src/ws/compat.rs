@@ -57,6 +57,8 @@ pub struct CompatFeed {
     /// cancelled `next_frame` resumes it).
     initiated: Option<StkInitiated>,
     queue: VecDeque<String>,
+    /// When the state behind the queued `PAYMENT_COMPLETED` arrived from the broker.
+    received: Option<std::time::Instant>,
 }
 
 fn encode(m: &CompatMessage) -> Result<String, FeedError> {
@@ -88,6 +90,7 @@ impl CompatFeed {
             },
             initiated: None,
             queue: VecDeque::new(),
+            received: None,
         };
         if let SessionRecord::Initiated(json) = record {
             feed.learn(&json);
@@ -187,6 +190,7 @@ impl FrameSource for CompatFeed {
                 },
                 Stage::Following(feed) => match feed.next_state().await {
                     Some((status, state)) if status.is_final() => {
+                        self.received = feed.take_received();
                         self.stage = Stage::Finished;
                         match completed_frame(&state) {
                             Ok(f) => self.queue.push_back(f),
@@ -206,6 +210,15 @@ impl FrameSource for CompatFeed {
 
     fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Finished) && self.queue.is_empty()
+    }
+
+    fn take_received(&mut self) -> Option<std::time::Instant> {
+        // Only once the frame it belongs to has been handed out.
+        if self.queue.is_empty() {
+            self.received.take()
+        } else {
+            None
+        }
     }
 }
 

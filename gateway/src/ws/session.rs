@@ -21,6 +21,7 @@ use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
 use actix_ws::{CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
+use stk_relay_shared::metrics::{self, Transport};
 use stk_relay_shared::shutdown::Shutdown;
 
 use crate::feed::{FeedEvent, PaymentFeed};
@@ -34,6 +35,11 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> impl std::future::Future<Output = FeedEvent>;
     /// Whether the last frame has been handed out (the session then closes with 1000).
     fn is_done(&self) -> bool;
+    /// When the frame last handed out arrived from the broker, if it did and this source
+    /// keeps track (the delivery histogram starts there).
+    fn take_received(&mut self) -> Option<Instant> {
+        None
+    }
 }
 
 impl FrameSource for PaymentFeed {
@@ -43,6 +49,10 @@ impl FrameSource for PaymentFeed {
 
     fn is_done(&self) -> bool {
         PaymentFeed::is_done(self)
+    }
+
+    fn take_received(&mut self) -> Option<Instant> {
+        PaymentFeed::take_received(self)
     }
 }
 
@@ -93,17 +103,22 @@ impl ClientSocket {
     ) -> tokio::sync::oneshot::Sender<()> {
         let (alive, mut ended) = tokio::sync::oneshot::channel::<()>();
         if let Some(socket) = socket {
-            actix_web::rt::spawn(async move {
-                tokio::select! {
-                    _ = &mut ended => return,
-                    _ = shutdown.wait() => {}
-                    _ = tokio::time::sleep(lifetime) => {}
-                }
-                if tokio::time::timeout(grace, &mut ended).await.is_err() {
-                    tracing::info!("event stream client is not reading; disconnecting");
-                    socket.cut();
-                }
-            });
+            // In the caller's span (`sse`), so the line below carries checkout_request_id.
+            let span = tracing::Span::current();
+            actix_web::rt::spawn(tracing::Instrument::instrument(
+                async move {
+                    tokio::select! {
+                        _ = &mut ended => return,
+                        _ = shutdown.wait() => {}
+                        _ = tokio::time::sleep(lifetime) => {}
+                    }
+                    if tokio::time::timeout(grace, &mut ended).await.is_err() {
+                        tracing::info!("event stream client is not reading; disconnecting");
+                        socket.cut();
+                    }
+                },
+                span,
+            ));
         }
         alive
     }
@@ -233,6 +248,9 @@ pub async fn run<F: FrameSource>(
                 FeedEvent::Frame(frame) => {
                     if out.text(frame).await.is_err() {
                         return;
+                    }
+                    if let Some(at) = feed.take_received() {
+                        metrics::delivered(Transport::WebSocket, at.elapsed());
                     }
                     if feed.is_done() {
                         break Some(protocol::completed());

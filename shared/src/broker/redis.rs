@@ -263,6 +263,7 @@ impl Task {
                                 backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                                 reconnect_at = tokio::time::Instant::now() + backoff;
                                 self.on_connect_failed();
+                                crate::metrics::broker_connect_failed();
                                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis subscriber connection failed");
                             }
                         }
@@ -302,6 +303,7 @@ impl Task {
             };
             if let Some(why) = lost {
                 tracing::warn!("{why}");
+                crate::metrics::broker_reconnect(reconnect_reason(why));
                 stream = None;
                 self.on_disconnect();
                 backoff = BACKOFF_MIN;
@@ -506,8 +508,9 @@ impl Task {
 
     fn on_message(&mut self, msg: redis::Msg) {
         if msg.get_channel_name() == self.probe_channel.as_ref() {
-            if let (Some(seq), Some((want, _))) = (probe_seq_of(&msg), self.probe_outstanding) {
+            if let (Some(seq), Some((want, sent))) = (probe_seq_of(&msg), self.probe_outstanding) {
                 if seq == want {
+                    crate::metrics::broker_probe(sent.elapsed());
                     self.probe_outstanding = None;
                 }
             }
@@ -741,6 +744,18 @@ impl Task {
 }
 
 /// `PUBLISH` on a pooled command connection, bounded by the command timeout.
+/// The metrics reason of a connection rebuild, from its log message.
+fn reconnect_reason(why: &str) -> crate::metrics::ReconnectReason {
+    use crate::metrics::ReconnectReason;
+    if why.contains("probe") {
+        ReconnectReason::ProbeMissed
+    } else if why.contains("stalled") {
+        ReconnectReason::Stalled
+    } else {
+        ReconnectReason::ConnectionLost
+    }
+}
+
 async fn publish_on_pool(pool: &RedisPool, channel: &str, payload: &str) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     tokio::time::timeout(

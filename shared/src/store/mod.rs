@@ -110,7 +110,22 @@ pub enum StoreError {
 }
 
 impl From<redis::RedisError> for StoreError {
+    /// Every failed Redis command passes here, so it is also where they are counted
+    /// (`stk_relay_redis_errors_total`).
     fn from(e: redis::RedisError) -> Self {
+        let err = Self::classify(e);
+        use crate::metrics::RedisErrorKind;
+        crate::metrics::redis_error(match &err {
+            StoreError::Timeout => RedisErrorKind::Timeout,
+            StoreError::Unavailable(_) => RedisErrorKind::Unavailable,
+            StoreError::Protocol(_) => RedisErrorKind::Refused,
+        });
+        err
+    }
+}
+
+impl StoreError {
+    fn classify(e: redis::RedisError) -> Self {
         if e.is_timeout() {
             StoreError::Timeout
         } else if e.is_io_error()
