@@ -234,7 +234,7 @@ def cross_errors(objs):
             need = sleep + phases * math.ceil(timeout_ms / 1000) + GRACE_MARGIN_S
             grace = spec.get("terminationGracePeriodSeconds", 30)
             if grace < need:
-                errors.append("%s: terminationGracePeriodSeconds %s < preStop %s + %d x %d s + %d s = %s"
+                errors.append("%s: terminationGracePeriodSeconds %s < preStop %g + %d x %d s + %d s = %g"
                               % (name_of(w), grace, sleep, phases, math.ceil(timeout_ms / 1000),
                                  GRACE_MARGIN_S, need))
             else:
