@@ -17,6 +17,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ -z "${STK_E2E_NGINX:-}" ] && [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
   missing+=(nginx)
 fi
+# The TLS topology test makes its certificates with the openssl CLI; the Sentinel tests
+# run `redis-server --sentinel`, so no redis-sentinel package is needed.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi

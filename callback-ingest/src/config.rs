@@ -72,8 +72,11 @@ pub struct LimitSettings {
 impl Settings for IngestSettings {
     const DEFAULTS: &'static str = DEFAULTS;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] =
-        &["server.trusted_proxies", "callbacks.allowed_sources"];
+    const LIST_KEYS: &'static [&'static str] = &[
+        "server.trusted_proxies",
+        "callbacks.allowed_sources",
+        "redis.sentinels",
+    ];
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;

@@ -251,8 +251,12 @@ impl WsSettings {
 impl Settings for GatewaySettings {
     const DEFAULTS: &'static str = DEFAULTS;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] =
-        &["api.keys", "api.allowed_origins", "server.trusted_proxies"];
+    const LIST_KEYS: &'static [&'static str] = &[
+        "api.keys",
+        "api.allowed_origins",
+        "server.trusted_proxies",
+        "redis.sentinels",
+    ];
     const OPTIONAL_KEYS: &'static [&'static str] = &["daraja.party_b"];
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -356,10 +356,25 @@ impl ServerSettings {
     }
 }
 
+/// Which Redis deployment a node talks to (`redis.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or one endpoint that a managed service fails over behind): `redis.url`.
+    #[default]
+    Standalone,
+    /// A primary found through Redis Sentinel: `redis.sentinels` and `redis.master_name`;
+    /// `redis.url` gives only the scheme, credentials and database of the data nodes.
+    Sentinel,
+    /// Redis Cluster: a known value, refused by validation until it is implemented.
+    Cluster,
+}
+
 /// How to reach Redis.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
-    /// `redis://[:password@]host:port[/db]`. Secret, because it may hold a password.
+    /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS. Secret, because it
+    /// may hold a password.
     pub url: SecretString,
     /// Prefix of every key and channel name.
     pub key_prefix: String,
@@ -368,9 +383,65 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// Bound on one command round trip, including waiting for a pooled connection.
     pub command_timeout_ms: u64,
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// After each payment-state write (pending record, final outcome), `WAIT` for this
+    /// many replicas to hold it, or fail the write as unavailable (503, retried). 0: do
+    /// not wait. Closes the failover window in which an acknowledged write is lost.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// The bound of that `WAIT`.
+    #[serde(default = "default_wait_replicas_timeout_ms")]
+    pub wait_replicas_timeout_ms: u64,
+    /// Sentinel mode: `host:port` of each sentinel.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// Sentinel mode: the name the sentinels monitor the primary under.
+    #[serde(default)]
+    pub master_name: String,
+    /// Sentinel mode: the sentinels' own password (`requirepass` of the sentinels); empty
+    /// for none. The data nodes' password is the one in `url`.
+    #[serde(default = "no_secret")]
+    pub sentinel_password: SecretString,
+    /// Sentinel mode: talk TLS to the sentinels too, with the same CA and client
+    /// certificate as the data nodes.
+    #[serde(default)]
+    pub sentinel_tls: bool,
+    /// `rediss://`: PEM file of the CA(s) that signed the server certificate; empty for
+    /// the built-in web PKI roots.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// `rediss://`: PEM client certificate (chain) for servers that require one; set with
+    /// `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// `rediss://`: PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: String,
 }
 
 impl RedisSettings {
+    /// Settings for one server at `url`, everything else at its default (tests, tools).
+    pub fn standalone(url: impl Into<String>, key_prefix: impl Into<String>) -> Self {
+        Self {
+            url: SecretString::from(url.into()),
+            key_prefix: key_prefix.into(),
+            pool_size: 4,
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 2000,
+            mode: RedisMode::Standalone,
+            wait_replicas: 0,
+            wait_replicas_timeout_ms: default_wait_replicas_timeout_ms(),
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            sentinel_password: SecretString::from(String::new()),
+            sentinel_tls: false,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+        }
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -379,11 +450,16 @@ impl RedisSettings {
         Duration::from_millis(self.command_timeout_ms)
     }
 
+    /// Whether the data nodes are reached over TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url.expose_secret().starts_with("rediss://")
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.url.expose_secret();
-        if !url.starts_with("redis://") {
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
             return Err(ConfigError::Invalid(
-                "redis.url must start with redis:// (TLS to Redis is not supported yet)".into(),
+                "redis.url must start with redis:// or rediss:// (TLS)".into(),
             ));
         }
         if self.key_prefix.is_empty()
@@ -402,8 +478,86 @@ impl RedisSettings {
                 "redis.pool_size must be between 1 and 256".into(),
             ));
         }
+        if self.wait_replicas > 0
+            && (self.wait_replicas_timeout_ms == 0
+                || self.wait_replicas_timeout_ms >= self.command_timeout_ms)
+        {
+            return Err(ConfigError::Invalid(
+                "redis.wait_replicas_timeout_ms must be above 0 and below command_timeout_ms"
+                    .into(),
+            ));
+        }
+        let tls_files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
+        if !self.uses_tls() && tls_files.iter().any(|f| !f.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "redis.tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url".into(),
+            ));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis.tls_cert_file and redis.tls_key_file are set together or not at all".into(),
+            ));
+        }
+        match self.mode {
+            RedisMode::Standalone => {
+                if !self.sentinels.is_empty() || !self.master_name.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "redis.sentinels and redis.master_name need redis.mode = \"sentinel\""
+                            .into(),
+                    ));
+                }
+            }
+            RedisMode::Sentinel => {
+                if self.sentinels.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "redis.mode = \"sentinel\" needs redis.sentinels (host:port, ...)".into(),
+                    ));
+                }
+                for s in &self.sentinels {
+                    parse_host_port(s).ok_or_else(|| {
+                        ConfigError::Invalid(format!("redis.sentinels: {s:?} is not host:port"))
+                    })?;
+                }
+                if self.master_name.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "redis.mode = \"sentinel\" needs redis.master_name".into(),
+                    ));
+                }
+                if self.sentinel_tls && !self.uses_tls() {
+                    return Err(ConfigError::Invalid(
+                        "redis.sentinel_tls needs a rediss:// url (the data nodes use TLS too)"
+                            .into(),
+                    ));
+                }
+            }
+            RedisMode::Cluster => {
+                return Err(ConfigError::Invalid(
+                    "redis.mode = \"cluster\" is not supported yet; use \"standalone\" or \"sentinel\""
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+fn default_wait_replicas_timeout_ms() -> u64 {
+    500
+}
+
+fn no_secret() -> SecretString {
+    SecretString::from(String::new())
+}
+
+/// `host:port` (a bracketed IPv6 host allowed), port non-zero.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// Requires a secret to be set and at least `min_len` bytes long.
@@ -576,6 +730,47 @@ command_timeout_ms = 1000
         assert_eq!(s.list, vec!["x".to_string(), "y".to_string()]);
         assert!(s.redis.validate().is_ok());
         assert!(!format!("{:?}", s.redis).contains("6379"));
+    }
+
+    #[test]
+    fn redis_topology_settings_are_checked_at_load() {
+        let base = || RedisSettings::standalone("rediss://h:6380", "p");
+        assert!(base().validate().is_ok(), "rediss:// is accepted");
+        let mut s = base();
+        s.url = SecretString::from("http://h".to_owned());
+        assert!(s.validate().is_err());
+        let mut s = RedisSettings::standalone("redis://h:1", "p");
+        s.tls_ca_file = "/ca.pem".into();
+        assert!(s.validate().is_err(), "TLS files need rediss://");
+        let mut s = base();
+        s.tls_cert_file = "/c.pem".into();
+        assert!(s.validate().is_err(), "a certificate needs its key");
+        let mut s = base();
+        s.mode = RedisMode::Cluster;
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("not supported yet"), "{e}");
+        let mut s = base();
+        s.mode = RedisMode::Sentinel;
+        assert!(s.validate().is_err(), "sentinel mode needs sentinels");
+        s.sentinels = vec!["10.0.0.1:26379".into(), "[::1]:26379".into()];
+        assert!(s.validate().is_err(), "sentinel mode needs a master name");
+        s.master_name = "m".into();
+        assert!(s.validate().is_ok());
+        s.sentinels.push("nohost".into());
+        assert!(s.validate().is_err());
+        let mut s = base();
+        s.sentinels = vec!["h:1".into()];
+        assert!(s.validate().is_err(), "sentinels without sentinel mode");
+        let mut s = base();
+        s.wait_replicas = 1;
+        s.wait_replicas_timeout_ms = s.command_timeout_ms;
+        assert!(s.validate().is_err(), "the WAIT must fit in a command");
+        assert_eq!(parse_host_port("[::1]:26379"), Some(("::1".into(), 26379)));
+        assert_eq!(parse_host_port("h:0"), None);
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use serde_json::Value;
 use stk_relay_shared::backends::Backends;
 use stk_relay_shared::broker::BrokerEvent;
@@ -108,11 +107,8 @@ impl RedisServer {
 
     fn settings(&self) -> RedisSettings {
         RedisSettings {
-            url: SecretString::from(self.url()),
-            key_prefix: "store-cases".into(),
             pool_size: 2,
-            connect_timeout_ms: 2000,
-            command_timeout_ms: 2000,
+            ..RedisSettings::standalone(self.url(), "store-cases")
         }
     }
 }

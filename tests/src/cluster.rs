@@ -20,7 +20,8 @@ use stk_relay_shared::payment::PaymentState;
 
 use crate::bins::{self, Binaries};
 use crate::process::Node;
-use crate::redis_server::{RedisOptions, RedisServer};
+use crate::redis_server::{RedisOptions, RedisServer, TlsFiles};
+use crate::sentinel::{SentinelSet, MASTER_NAME};
 use crate::sim::{self, SimControl};
 use crate::sse::SseClient;
 use crate::ws::{WsClient, WsConnectError};
@@ -53,6 +54,12 @@ pub struct ClusterOptions {
     /// The gateways' `callbacks.public_base_url` instead of ingest node 0's URL (e.g. a
     /// load balancer in front of the ingest nodes).
     pub callback_base: Option<String>,
+    /// Redis also listens for TLS (certificates made by `openssl` into the log dir), and
+    /// every node reaches it by `rediss://` with the test CA and a client certificate.
+    pub redis_tls: bool,
+    /// A replica and three sentinels join the Redis; every node runs in
+    /// `redis.mode = "sentinel"`.
+    pub sentinel: bool,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +76,8 @@ impl Default for ClusterOptions {
             gateway_ports: Vec::new(),
             ingest_ports: Vec::new(),
             callback_base: None,
+            redis_tls: false,
+            sentinel: false,
         }
     }
 }
@@ -89,6 +98,10 @@ pub struct Cluster {
     pub log_dir: PathBuf,
     pub opts: ClusterOptions,
     pub redis: RedisServer,
+    /// The test certificates, with [`ClusterOptions::redis_tls`].
+    pub tls: Option<TlsFiles>,
+    /// The replica and sentinels, with [`ClusterOptions::sentinel`].
+    pub sentinel: Option<SentinelSet>,
     pub sim: Node,
     pub sim_ctl: SimControl,
     pub gateways: Vec<Node>,
@@ -124,14 +137,27 @@ impl Cluster {
             .with_context(|| format!("creating {}", log_dir.display()))?;
         eprintln!("e2e: {name}: logs in {}", log_dir.display());
 
+        let tls = if opts.redis_tls {
+            Some(TlsFiles::generate(&log_dir, "redis").context("making test certificates")?)
+        } else {
+            None
+        };
         let redis = RedisServer::start(
             &log_dir,
             RedisOptions {
                 persistent: opts.persistent_redis,
+                tls: tls.clone(),
+                ..RedisOptions::default()
             },
         )
         .await
         .context("starting redis-server")?;
+        let sentinel = if opts.sentinel {
+            Some(SentinelSet::start(&log_dir, &redis, 3).await?)
+        } else {
+            None
+        };
+        let redis_env = redis_env(&redis, tls.as_ref(), sentinel.as_ref());
 
         let key_prefix = format!("e2e-{name}-{}", random_alnum(8));
         let api_key = format!("e2e-api-{}", random_alnum(24));
@@ -158,13 +184,18 @@ impl Cluster {
                     "INGEST__SERVER__PORT",
                     &opts.ingest_ports.get(i).copied().unwrap_or(0).to_string(),
                 ),
-                kv("INGEST__REDIS__URL", &redis.url()),
                 kv("INGEST__REDIS__KEY_PREFIX", &key_prefix),
                 kv("INGEST__TOKENS__CALLBACK_SECRET", &callback_secret),
                 kv("INGEST__TELEMETRY__LEVEL", &level),
             ];
             let own = opts.ingest_env_each.get(i).cloned().unwrap_or_default();
-            let env = [env, opts.ingest_env.clone(), own].concat();
+            let env = [
+                env,
+                prefixed("INGEST__REDIS__", &redis_env),
+                opts.ingest_env.clone(),
+                own,
+            ]
+            .concat();
             let node = Node::spawn(&format!("ingest{i}"), &bins.ingest, &[], &env, &log_dir)
                 .await
                 .with_context(|| format!("starting ingest{i}"))?;
@@ -186,7 +217,6 @@ impl Cluster {
                     "GATEWAY__SERVER__PORT",
                     &opts.gateway_ports.get(i).copied().unwrap_or(0).to_string(),
                 ),
-                kv("GATEWAY__REDIS__URL", &redis.url()),
                 kv("GATEWAY__REDIS__KEY_PREFIX", &key_prefix),
                 kv("GATEWAY__API__KEYS", &api_key),
                 kv("GATEWAY__TOKENS__SUBSCRIBE_SECRET", &subscribe_secret),
@@ -203,7 +233,12 @@ impl Cluster {
                 ),
                 kv("GATEWAY__TELEMETRY__LEVEL", &level),
             ];
-            let env = [env, opts.gateway_env.clone()].concat();
+            let env = [
+                env,
+                prefixed("GATEWAY__REDIS__", &redis_env),
+                opts.gateway_env.clone(),
+            ]
+            .concat();
             let node = Node::spawn(&format!("gateway{i}"), &bins.gateway, &[], &env, &log_dir)
                 .await
                 .with_context(|| format!("starting gateway{i}"))?;
@@ -221,6 +256,8 @@ impl Cluster {
             log_dir,
             opts,
             redis,
+            tls,
+            sentinel,
             sim,
             sim_ctl,
             gateways,
@@ -677,6 +714,46 @@ fn port_of(url: &str) -> Result<u16> {
 }
 
 /// An environment entry, for [`ClusterOptions::gateway_env`] and the like.
+/// The `[redis]` keys (without the service prefix) that point a node at this Redis.
+fn redis_env(
+    redis: &RedisServer,
+    tls: Option<&TlsFiles>,
+    sentinel: Option<&SentinelSet>,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let url = match tls {
+        Some(files) => {
+            env.push(kv("TLS_CA_FILE", &files.ca_cert.display().to_string()));
+            env.push(kv(
+                "TLS_CERT_FILE",
+                &files.client_cert.display().to_string(),
+            ));
+            env.push(kv("TLS_KEY_FILE", &files.client_key.display().to_string()));
+            redis.tls_url().unwrap_or_else(|| redis.url())
+        }
+        None => redis.url(),
+    };
+    match sentinel {
+        Some(set) => {
+            // Only the scheme counts in sentinel mode: the sentinels name the host.
+            env.push(kv("URL", "redis://primary.invalid:6379"));
+            env.push(kv("MODE", "sentinel"));
+            env.push(kv("SENTINELS", &set.addrs()));
+            env.push(kv("MASTER_NAME", MASTER_NAME));
+            // Payment writes count only once the replica has them (docs/reliability.md).
+            env.push(kv("WAIT_REPLICAS", "1"));
+        }
+        None => env.push(kv("URL", &url)),
+    }
+    env
+}
+
+fn prefixed(prefix: &str, env: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect()
+}
+
 pub fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_owned(), v.to_owned())
 }

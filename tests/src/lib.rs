@@ -3,6 +3,7 @@
 //!
 //! - [`bins`]: finds the service binaries under the target dir, building them once if needed.
 //! - [`redis_server`]: a private `redis-server` on a free port that can be killed and restarted.
+//! - [`sentinel`]: a replica and three sentinels around a [`redis_server`], for failover tests.
 //! - [`process`]: a running service process: its URL, its logs, `kill` and `terminate`.
 //! - [`cluster`]: one Redis, the simulator, two gateways and two ingest nodes, plus the
 //!   merchant-side and browser-side helpers the tests use.
@@ -34,6 +35,7 @@ pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
+pub mod sentinel;
 pub mod sim;
 pub mod sse;
 pub mod standalone;

@@ -4,6 +4,11 @@
 //! restarted on the same port, so a test can take Redis away from running services.
 //! By default it keeps nothing on disk; with [`RedisOptions::persistent`] it writes an
 //! append-only file with `fsync` on every write, so state survives `kill -9`.
+//!
+//! With [`RedisOptions::tls`] it also listens for TLS on a second port
+//! ([`RedisServer::tls_url`]); the plain port stays, on 127.0.0.1, for the harness's own
+//! checks and control commands, and `CLIENT LIST`'s `laddr` tells which port a client
+//! came in on. With [`RedisOptions::replica_of`] it replicates another server.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,15 +22,131 @@ use tokio::process::{Child, Command};
 use crate::wait;
 
 /// How a test's Redis is configured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RedisOptions {
     /// Append-only file with `appendfsync always`, so data survives SIGKILL.
     pub persistent: bool,
+    /// Also listen for TLS with these certificates.
+    pub tls: Option<TlsFiles>,
+    /// `--replicaof 127.0.0.1 <port>`.
+    pub replica_of: Option<u16>,
+    /// File name stem of the log and data directory (default `redis`), so that several
+    /// servers can share a test's log directory.
+    pub name: Option<String>,
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by
+/// the `openssl` CLI. All PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates a fresh CA (`<stem>-ca`), a server and a client certificate in `dir`.
+    pub fn generate(dir: &Path, stem: &str) -> Result<Self> {
+        let p = |n: &str| dir.join(format!("{stem}-{n}"));
+        let files = Self {
+            ca_cert: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server-key.pem"),
+            client_cert: p("client.pem"),
+            client_key: p("client-key.pem"),
+        };
+        let ca_key = p("ca-key.pem");
+        let path = |x: &Path| x.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={stem} test CA"),
+            "-keyout",
+            &path(&ca_key),
+            "-out",
+            &path(&files.ca_cert),
+        ])?;
+        let leaf = |cn: &str, key: &Path, cert: &Path, ext: &str| -> Result<()> {
+            let csr = p(&format!("{cn}.csr"));
+            let extfile = p(&format!("{cn}.ext"));
+            std::fs::write(&extfile, ext)?;
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &path(key),
+                "-out",
+                &path(&csr),
+            ])?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &path(&csr),
+                "-CA",
+                &path(&files.ca_cert),
+                "-CAkey",
+                &path(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &path(&extfile),
+                "-out",
+                &path(cert),
+            ])
+        };
+        leaf(
+            "server",
+            &files.server_key,
+            &files.server_cert,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        leaf(
+            "client",
+            &files.client_key,
+            &files.client_cert,
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        Ok(files)
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A running (or deliberately stopped) `redis-server`.
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
     opts: RedisOptions,
     log_path: PathBuf,
     data_dir: PathBuf,
@@ -48,8 +169,9 @@ impl RedisServer {
     /// Starts Redis on a free port and waits until it answers PING. `log_dir` receives
     /// `redis.log` (and the AOF directory when persistent).
     pub async fn start(log_dir: &Path, opts: RedisOptions) -> Result<Self> {
-        let log_path = log_dir.join("redis.log");
-        let data_dir = log_dir.join("redis-data");
+        let stem = opts.name.clone().unwrap_or_else(|| "redis".to_owned());
+        let log_path = log_dir.join(format!("{stem}.log"));
+        let data_dir = log_dir.join(format!("{stem}-data"));
         if opts.persistent {
             // Fresh data for a fresh test run: a leftover AOF would leak old state in.
             let _ = std::fs::remove_dir_all(&data_dir);
@@ -61,9 +183,14 @@ impl RedisServer {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port().await?;
+            let tls_port = match opts.tls {
+                Some(_) => Some(free_port().await?),
+                None => None,
+            };
             let mut server = Self {
                 port,
-                opts,
+                tls_port,
+                opts: opts.clone(),
                 log_path: log_path.clone(),
                 data_dir: data_dir.clone(),
                 child: None,
@@ -82,6 +209,21 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// The TLS port, when started with [`RedisOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`, when started with [`RedisOptions::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
     }
 
     pub fn log_path(&self) -> &Path {
@@ -155,7 +297,27 @@ impl RedisServer {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                 .arg(&self.data_dir);
         } else {
-            cmd.args(["--appendonly", "no"]);
+            // A replica still writes the RDB it receives during a full sync: into the
+            // test's own directory, never the working directory.
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("creating {}", self.data_dir.display()))?;
+            cmd.args(["--appendonly", "no", "--dir"])
+                .arg(&self.data_dir);
+        }
+        if let (Some(tls), Some(tls_port)) = (&self.opts.tls, self.tls_port) {
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.server_cert)
+                .arg("--tls-key-file")
+                .arg(&tls.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_cert)
+                .args(["--tls-auth-clients", "optional"]);
+        }
+        if let Some(primary) = self.opts.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1"])
+                .arg(primary.to_string());
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -30,9 +30,11 @@
 //! gateway answers 503 and the browser retries); one that arrives before the first
 //! attempt after a disconnect waits for it, within its own timeout.
 //!
-//! The subscriber's TCP socket gets keepalive and `TCP_USER_TIMEOUT` like the command
-//! pool's (`crate::store::pool::configure_socket`); redis-rs 0.32 opens pub/sub
-//! connections without TCP settings, so this module opens the socket itself.
+//! The connection comes from the pool's [`Topology`] (`subscriber_connection`): the
+//! current primary (asking the sentinels again on every reconnect, in Sentinel mode),
+//! plain or TLS, with the pool's keepalive and `TCP_USER_TIMEOUT`. A failover therefore
+//! looks like any other loss here: Sentinel kills the demoted node's clients, and the
+//! task reconnects to the new primary, re-subscribes and raises `Resync`.
 //!
 //! The command queue is unbounded on purpose: every entry belongs to one live
 //! `Subscription` (one `Subscribe`, one `Release`), so its length is bounded by the
@@ -47,13 +49,13 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
-use secrecy::ExposeSecret;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{Broker, BrokerError, Payload, Release, Subscription, FANOUT_CAPACITY};
 use crate::config::RedisSettings;
 use crate::keyspace::Keyspace;
-use crate::store::pool::{configure_socket, RedisPool};
+use crate::store::pool::RedisPool;
+use crate::store::topology::Topology;
 
 type Reply = oneshot::Sender<Subscription>;
 
@@ -110,8 +112,7 @@ impl RedisBroker {
     /// Starts the subscriber task. It connects in the background (and keeps
     /// reconnecting), so this succeeds even while Redis is down.
     pub fn start(settings: &RedisSettings, pool: RedisPool) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(settings.url.expose_secret())
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let topology = pool.topology().clone();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let channels = Arc::new(AtomicUsize::new(0));
@@ -129,7 +130,7 @@ impl RedisBroker {
             probe_channel,
             probe_seq: 0,
             probe_outstanding: None,
-            client,
+            topology,
             connect_timeout: settings.connect_timeout(),
             command_timeout: settings.command_timeout(),
             refusing: false,
@@ -200,7 +201,7 @@ struct Task {
     probe_seq: u64,
     /// The probe in flight and when it was sent.
     probe_outstanding: Option<(u64, Instant)>,
-    client: redis::Client,
+    topology: Topology,
     connect_timeout: Duration,
     command_timeout: Duration,
     /// Set after a failed connect attempt: subscribe requests are refused at once until
@@ -244,6 +245,7 @@ impl Task {
         // When the next connect attempt is due. A deadline, not a sleep re-created per
         // loop: commands arriving meanwhile must not push the attempt back.
         let mut reconnect_at = tokio::time::Instant::now();
+        let mut primary_moved = self.topology.watch_epoch();
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -252,6 +254,7 @@ impl Task {
                     biased;
                     _ = tokio::time::sleep_until(reconnect_at) => {
                         let bound = reconnect_bound(self.connect_timeout, self.command_timeout);
+                        primary_moved.borrow_and_update();
                         let attempt = tokio::time::timeout(bound, self.connect()).await;
                         match attempt.unwrap_or_else(|_| Err("reconnect timed out".to_string())) {
                             Ok(s) => {
@@ -297,6 +300,9 @@ impl Task {
                     None => break,
                 },
                 Some(i) = self.internal.1.recv() => self.on_internal(i),
+                Ok(()) = primary_moved.changed() => {
+                    Some("the redis primary moved; reconnecting to the new one")
+                }
                 _ = probe_tick.tick() => {
                     (!self.probe()).then_some("redis subscriber missed its probe; reconnecting")
                 }
@@ -314,26 +320,9 @@ impl Task {
         tracing::debug!("redis broker task stopped");
     }
 
-    /// Opens the subscriber connection with the pool's TCP options.
+    /// Opens the subscriber connection where the topology says the primary is.
     async fn open(&self) -> Result<redis::aio::PubSub, String> {
-        let info = self.client.get_connection_info();
-        match &info.addr {
-            redis::ConnectionAddr::Tcp(host, port) => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                configure_socket(&tcp).map_err(|e| format!("setting TCP options: {e}"))?;
-                redis::aio::PubSub::new(&info.redis, tcp)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            // Unix sockets (no TCP options apply) and anything else the client supports.
-            _ => self
-                .client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| e.to_string()),
-        }
+        self.topology.subscriber_connection().await
     }
 
     /// Opens the connection, re-subscribes every held channel, then tells every holder

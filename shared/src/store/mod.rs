@@ -7,6 +7,8 @@
 //!
 //! - [`pool`]: the small command pool (a fixed set of multiplexed, self-reconnecting
 //!   connections), separate from the broker's subscriber connection.
+//! - [`topology`]: where Redis is (one server, or the primary Sentinel names; plain or
+//!   TLS); the one place that opens connections, for the pool and the broker alike.
 //! - [`payments`]: [`payments::PaymentStore`]: record a pending payment, apply a final
 //!   outcome, read a state. `payment.lua` is the only code that writes a status; it
 //!   writes and publishes atomically.
@@ -20,6 +22,7 @@ pub mod memory;
 pub mod payments;
 pub mod pool;
 pub mod schedule;
+pub mod topology;
 
 pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
 pub use pool::RedisPool;
@@ -131,6 +134,9 @@ impl StoreError {
         } else if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
+            // A demoted primary or a replica, during a failover: the pool replaces the
+            // connection, and the next attempt reaches the new primary.
+            || topology::is_not_primary(&e)
             || matches!(
                 e.kind(),
                 redis::ErrorKind::BusyLoadingError

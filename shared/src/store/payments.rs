@@ -137,10 +137,13 @@ impl PaymentStore {
         for a in args {
             inv.arg(*a);
         }
-        let reply: Vec<String> =
-            tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
-                .await
-                .map_err(|_| StoreError::Timeout)??;
+        let reply: Vec<String> = tokio::time::timeout(pool.command_timeout(), async {
+            let reply = inv.invoke_async(&mut conn).await?;
+            pool.replicated(&mut conn).await?;
+            Ok::<_, StoreError>(reply)
+        })
+        .await
+        .map_err(|_| StoreError::Timeout)??;
         Ok(reply)
     }
 

@@ -16,19 +16,28 @@
 //!   Linux, `TCP_USER_TIMEOUT` ([`tcp_settings`], [`configure_socket`]), so a peer that
 //!   vanished is noticed by the kernel even when no command is waiting.
 //!
+//! Where a connection goes is not this module's business: [`Topology`] opens each one
+//! (one server, or the primary the sentinels name; plain or TLS). A checkout hands out a
+//! [`PooledConnection`], which watches the errors its commands get: when the topology
+//! says an error means "wrong node or gone" (`READONLY` after a failover, or a broken
+//! connection where the primary can move), the slot drops that connection and the next
+//! checkout opens a new one through the topology. Other failures are left to
+//! `ConnectionManager`'s own reconnect.
+//!
 //! With the broker's subscriber connection, a node holds `pool_size + 1` Redis
 //! connections, whatever its client count.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2, TcpSettings};
-use secrecy::ExposeSecret;
 
+use super::topology::Topology;
 use super::StoreError;
 use crate::config::RedisSettings;
 
@@ -94,38 +103,73 @@ impl From<OpenError> for StoreError {
     }
 }
 
-type Opening = Shared<BoxFuture<'static, Result<ConnectionManager, OpenError>>>;
+type Opening = Shared<BoxFuture<'static, Result<Arc<Held>, OpenError>>>;
+
+/// A slot's connection and the topology epoch it was opened in.
+struct Held {
+    conn: ConnectionManager,
+    epoch: u64,
+}
 
 #[derive(Default)]
 struct Slot {
-    conn: OnceLock<ConnectionManager>,
+    /// The slot's connection; emptied when it must be replaced (see [`PooledConnection`])
+    /// or when the primary has moved since it was opened.
+    conn: ArcSwapOption<Held>,
     /// The attempt in flight, awaited by every caller that needs this slot.
     opening: Mutex<Option<Opening>>,
 }
 
 struct Inner {
-    client: redis::Client,
+    topology: Topology,
     slots: Vec<Slot>,
     next: AtomicUsize,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// `redis.wait_replicas` and its timeout.
+    wait_replicas: u32,
+    wait_replicas_timeout: Duration,
 }
 
 impl RedisPool {
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.expose_secret())
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url ({:?})", e.kind())))?;
+        let topology =
+            Topology::new(settings).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                topology,
                 slots: (0..settings.pool_size.max(1))
                     .map(|_| Slot::default())
                     .collect(),
                 next: AtomicUsize::new(0),
                 connect_timeout: settings.connect_timeout(),
                 command_timeout: settings.command_timeout(),
+                wait_replicas: settings.wait_replicas,
+                wait_replicas_timeout: Duration::from_millis(settings.wait_replicas_timeout_ms),
             }),
         })
+    }
+
+    /// With `redis.wait_replicas` > 0: waits until that many replicas hold every write
+    /// made so far on `conn` (`WAIT`), and fails as unavailable if fewer do in time. A
+    /// write acknowledged by a primary that is being replaced, and never copied, is
+    /// thereby reported as failed (and retried) instead of silently lost.
+    pub async fn replicated(&self, conn: &mut PooledConnection) -> Result<(), StoreError> {
+        let want = self.inner.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(self.inner.wait_replicas_timeout.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if acked < want {
+            return Err(StoreError::Unavailable(format!(
+                "write reached {acked} of {want} replicas"
+            )));
+        }
+        Ok(())
     }
 
     /// The bound on one command round trip (and on one checkout).
@@ -133,28 +177,52 @@ impl RedisPool {
         self.inner.command_timeout
     }
 
+    /// How this pool reaches Redis; the broker's subscriber uses the same.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
     /// A connection handle (cheap to clone; shares the underlying connection). Waits at
     /// most the command timeout.
-    pub async fn get(&self) -> Result<ConnectionManager, StoreError> {
+    pub async fn get(&self) -> Result<PooledConnection, StoreError> {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         tokio::time::timeout(self.inner.command_timeout, self.slot(i))
             .await
             .map_err(|_| StoreError::Timeout)?
     }
 
-    async fn slot(&self, i: usize) -> Result<ConnectionManager, StoreError> {
+    async fn slot(&self, i: usize) -> Result<PooledConnection, StoreError> {
         let slot = &self.inner.slots[i];
-        if let Some(conn) = slot.conn.get() {
-            return Ok(conn.clone());
+        let epoch = self.inner.topology.epoch();
+        let current = slot.conn.load_full();
+        if let Some(old) = current.as_ref().filter(|h| h.epoch != epoch) {
+            // The primary moved since this connection was opened.
+            slot.conn.compare_and_swap(old, None);
         }
-        let opening = {
-            let mut guard = slot.opening.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(conn) = slot.conn.get() {
-                return Ok(conn.clone());
+        let held = match current.filter(|h| h.epoch == epoch) {
+            Some(conn) => conn,
+            None => {
+                let opening = {
+                    let mut guard = slot.opening.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(conn) = slot.conn.load_full().filter(|h| h.epoch == epoch) {
+                        drop(guard);
+                        return Ok(self.handle(i, conn));
+                    }
+                    guard.get_or_insert_with(|| self.start_open(i)).clone()
+                };
+                opening.await?
             }
-            guard.get_or_insert_with(|| self.start_open(i)).clone()
         };
-        Ok(opening.await?)
+        Ok(self.handle(i, held))
+    }
+
+    fn handle(&self, slot: usize, held: Arc<Held>) -> PooledConnection {
+        PooledConnection {
+            conn: held.conn.clone(),
+            held,
+            slot,
+            pool: self.inner.clone(),
+        }
     }
 
     /// Opens slot `i`'s connection in its own task, bounded by the connect timeout. On
@@ -168,19 +236,20 @@ impl RedisPool {
                 .set_number_of_retries(2)
                 .set_max_delay(500)
                 .set_tcp_settings(tcp_settings());
+            let epoch = inner.topology.epoch();
             let r = match tokio::time::timeout(
                 inner.connect_timeout,
-                ConnectionManager::new_with_config(inner.client.clone(), cfg),
+                inner.topology.command_connection(cfg),
             )
             .await
             {
                 Err(_) => Err(OpenError::Timeout),
-                Ok(Err(e)) => Err(OpenError::Failed(Arc::from(e.to_string()))),
-                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(OpenError::Failed(Arc::from(e))),
+                Ok(Ok(conn)) => Ok(Arc::new(Held { conn, epoch })),
             };
             let slot = &inner.slots[i];
             if let Ok(conn) = &r {
-                let _ = slot.conn.set(conn.clone());
+                slot.conn.store(Some(conn.clone()));
             }
             *slot.opening.lock().unwrap_or_else(|p| p.into_inner()) = None;
             r
@@ -223,6 +292,67 @@ impl RedisPool {
     }
 }
 
+/// A checked-out connection: a `ConnectionManager` handle that reports, after each
+/// command, whether its slot must get a new connection ([`Topology::replace_after`]).
+pub struct PooledConnection {
+    conn: ConnectionManager,
+    /// The slot's connection as handed out; compared before the slot is emptied, so a
+    /// late error on an old connection never drops its replacement.
+    held: Arc<Held>,
+    slot: usize,
+    pool: Arc<Inner>,
+}
+
+impl PooledConnection {
+    fn check<T>(&self, r: &redis::RedisResult<T>) {
+        let Err(e) = r else { return };
+        if !self.pool.topology.replace_after(e) {
+            return;
+        }
+        let slot = &self.pool.slots[self.slot];
+        let prev = slot.conn.compare_and_swap(&self.held, None);
+        if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, &self.held)) {
+            tracing::warn!(
+                slot = self.slot,
+                error = %e,
+                "redis connection reached a node that is not the primary, or broke; replacing it"
+            );
+        }
+    }
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        async move {
+            let r = self.conn.req_packed_command(cmd).await;
+            self.check(&r);
+            r
+        }
+        .boxed()
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        async move {
+            let r = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.check(&r);
+            r
+        }
+        .boxed()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,12 +378,11 @@ mod tests {
     async fn checkouts_against_a_stalled_redis_are_bounded_by_the_command_timeout() {
         let (port, stub) = stalled_redis().await;
         let settings = RedisSettings {
-            url: format!("redis://127.0.0.1:{port}").into(),
-            key_prefix: "t".into(),
             pool_size: 2,
             // The open stays stuck much longer than a caller may wait.
             connect_timeout_ms: 5_000,
             command_timeout_ms: 200,
+            ..RedisSettings::standalone(format!("redis://127.0.0.1:{port}"), "t")
         };
         let pool = RedisPool::new(&settings).unwrap();
         let started = tokio::time::Instant::now();
