@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian machine lacks (redis-server,
-# nginx, Node.js and npm, Debian's chromium, the browser tests' npm packages), then runs every
+# nginx, openssl, promtool, Node.js and npm, Debian's chromium, the browser tests' npm
+# packages), then runs every
 # test of the project. The tests start their own redis-server processes on free ports; the
 # machine's own Redis, if any, is neither needed nor touched. Browser tests drive
 # /usr/bin/chromium (override with CHROMIUM=<path>) through playwright-core.
@@ -20,6 +21,8 @@ fi
 # The TLS topology test makes its certificates with the openssl CLI; the Sentinel tests
 # run `redis-server --sentinel`, so no redis-sentinel package is needed.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# promtool (Debian's prometheus package) checks the alert rules and runs their unit tests.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
@@ -59,4 +62,10 @@ cargo test --workspace --locked --no-fail-fast "$@"
 if [ "$#" -eq 0 ] && [ -d clients/js/test ]; then
   echo "== browser client (node --test)"
   node --test clients/js/test/
+fi
+
+if [ "$#" -eq 0 ]; then
+  echo "== alert rules (promtool)"
+  promtool check rules deploy/prometheus/alerts.yaml
+  promtool test rules deploy/prometheus/alerts_test.yaml
 fi
