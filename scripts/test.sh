@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian machine lacks (redis-server,
 # nginx, openssl, promtool, Node.js and npm, Debian's chromium, the browser tests' npm
-# packages), then runs every
-# test of the project. The tests start their own redis-server processes on free ports; the
+# packages), then runs every test of the project. The tests start their own redis-server processes on free ports; the
 # machine's own Redis, if any, is neither needed nor touched. Browser tests drive
 # /usr/bin/chromium (override with CHROMIUM=<path>) through playwright-core.
 #
