@@ -134,11 +134,9 @@ pub struct Application {
 impl Application {
     /// A cluster ingest node: Redis for storage.
     pub async fn build(settings: IngestSettings, shutdown: Shutdown) -> std::io::Result<Self> {
-        let pool = RedisPool::new(&settings.redis)
+        let pool = RedisPool::open(&settings.redis)
+            .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        if let Err(e) = pool.warm_up().await {
-            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
-        }
         let ingest =
             Ingest::build(settings.clone(), shutdown.clone(), Storage::Redis(pool)).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;

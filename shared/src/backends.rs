@@ -22,10 +22,7 @@ impl Backends {
     /// Redis for both: a command pool and the one subscriber connection. Connects
     /// lazily: a Redis that is down at start only makes the node not ready.
     pub async fn redis(settings: &RedisSettings) -> Result<Self, String> {
-        let pool = RedisPool::new(settings).map_err(|e| e.to_string())?;
-        if let Err(e) = pool.warm_up().await {
-            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
-        }
+        let pool = RedisPool::open(settings).await.map_err(|e| e.to_string())?;
         let broker = RedisBroker::start(settings, pool.clone()).map_err(|e| e.to_string())?;
         Ok(Self {
             storage: Storage::Redis(pool),

@@ -21,8 +21,8 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::routes::payments::{check_origin, feed_error};
-use crate::routes::push::{redact_digit_runs, send_push, ValidPush};
-use crate::routes::read_body;
+use crate::routes::push::{send_push, ValidPush};
+use crate::routes::{parse_json, read_body, require_json};
 use crate::sessions::SessionStore;
 use crate::startup::AppState;
 use crate::ws::compat::CompatFeed;
@@ -93,12 +93,7 @@ fn mismatch(field: &'static str) -> ApiError {
 /// Parses the body and checks it against the token: each value must equal the one the
 /// merchant signed.
 fn check_body(body: &[u8], claims: &SessionClaims) -> Result<ValidPush, ApiError> {
-    let raw: InitiateRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Malformed(format!(
-            "invalid JSON body: {}",
-            redact_digit_runs(&e.to_string())
-        ))
-    })?;
+    let raw: InitiateRequest = parse_json(body)?;
     let amount = Amount::from_json(&raw.amount)?;
     if amount != claims.amount {
         return Err(mismatch("amount"));
@@ -129,16 +124,7 @@ pub async fn initiate(
 ) -> Result<HttpResponse, ApiError> {
     let claims = verify(&compat, &path)?;
     tracing::Span::current().record("session", claims.sid.as_str());
-    if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE) {
-        let json = ct
-            .to_str()
-            .ok()
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-    }
+    require_json(&req)?;
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = check_body(&body, &claims)?;
 
@@ -215,12 +201,7 @@ pub async fn websocket(
         .instrument(span.clone())
         .await
         .map_err(feed_error)?;
-    let cfg = SessionConfig {
-        heartbeat_interval: state.settings.ws.heartbeat_interval(),
-        client_timeout: state.settings.ws.client_timeout(),
-        send_timeout: state.settings.ws.send_timeout(),
-        max_lifetime: state.settings.ws.max_lifetime(),
-    };
+    let cfg = SessionConfig::from(&state.settings.ws);
     actix_web::rt::spawn(
         session::run(
             ws_session,

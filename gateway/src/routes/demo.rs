@@ -19,7 +19,7 @@ use stk_relay_shared::ids::{AccountReference, Amount, Msisdn, TransactionDesc, V
 
 use crate::error::ApiError;
 use crate::routes::push::{send_push, ValidPush};
-use crate::routes::read_body;
+use crate::routes::{parse_json, read_body};
 use crate::startup::AppState;
 
 const INDEX_HTML: &str = include_str!("../../demo/index.html");
@@ -138,8 +138,7 @@ async fn pay(
     options: web::Data<DemoOptions>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, MAX_BODY).await?;
-    let raw: DemoPayRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Malformed(format!("invalid JSON body: {e}")))?;
+    let raw: DemoPayRequest = parse_json(&body)?;
     let mut phone = Msisdn::parse(&raw.phone)?;
     let amount = Amount::from_json(&raw.amount)?;
     match (raw.outcome.as_deref(), options.simulator) {

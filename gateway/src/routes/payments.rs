@@ -124,12 +124,7 @@ pub async fn ws(
     let (feed, first) = PaymentFeed::open(&state.broker, &state.store, id)
         .await
         .map_err(feed_error)?;
-    let cfg = SessionConfig {
-        heartbeat_interval: state.settings.ws.heartbeat_interval(),
-        client_timeout: state.settings.ws.client_timeout(),
-        send_timeout: state.settings.ws.send_timeout(),
-        max_lifetime: state.settings.ws.max_lifetime(),
-    };
+    let cfg = SessionConfig::from(&state.settings.ws);
     let span = tracing::info_span!("ws_session", checkout_request_id = %id_for_log);
     actix_web::rt::spawn(
         session::run(

@@ -65,6 +65,17 @@ pub struct SessionConfig {
     pub max_lifetime: Duration,
 }
 
+impl From<&crate::config::WsSettings> for SessionConfig {
+    fn from(ws: &crate::config::WsSettings) -> Self {
+        Self {
+            heartbeat_interval: ws.heartbeat_interval(),
+            client_timeout: ws.client_timeout(),
+            send_timeout: ws.send_timeout(),
+            max_lifetime: ws.max_lifetime(),
+        }
+    }
+}
+
 /// A duplicate handle of a client connection's socket, recorded for every connection
 /// by `HttpServer::on_connect` ([`ClientSocket::remember`]; it costs one file
 /// descriptor per connection). It lets a session cut a client that stopped reading.

@@ -262,6 +262,17 @@ impl RedisPool {
         .shared()
     }
 
+    /// A pool for `settings`, warmed up: a Redis that is down at start is logged and
+    /// only makes the node not ready (connections keep being retried). Fails only on an
+    /// unusable configuration.
+    pub async fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let pool = Self::new(settings)?;
+        if let Err(e) = pool.warm_up().await {
+            tracing::warn!(error = %e, "redis not reachable at start; will keep trying");
+        }
+        Ok(pool)
+    }
+
     /// Starts opening every connection and waits for them, at most the connect timeout,
     /// so the connection count is constant from the start.
     pub async fn warm_up(&self) -> Result<(), StoreError> {
