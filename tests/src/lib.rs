@@ -4,6 +4,8 @@
 //! - [`bins`]: finds the service binaries under the target dir, building them once if needed.
 //! - [`redis_server`]: a private `redis-server` on a free port that can be killed and restarted.
 //! - [`sentinel`]: a replica and three sentinels around a [`redis_server`], for failover tests.
+//! - [`redis_cluster`]: a Redis Cluster of [`redis_server`] nodes (primaries with a replica
+//!   each) that can fail over, lose a primary and reshard under load.
 //! - [`process`]: a running service process: its URL, its logs, `kill` and `terminate`.
 //! - [`cluster`]: one Redis, the simulator, two gateways and two ingest nodes, plus the
 //!   merchant-side and browser-side helpers the tests use.
@@ -18,7 +20,8 @@
 //! - [`nginx`]: Debian's nginx running `deploy/nginx/stk-relay.conf` in front of the cluster.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
-//! `STK_E2E_REDIS_SERVER=<path>`; `tests/tests/nginx.rs` also needs Debian's `nginx`, at
+//! `STK_E2E_REDIS_SERVER=<path>`, and `redis-cli` or `STK_E2E_REDIS_CLI=<path>` for
+//! [`redis_cluster`]; `tests/tests/nginx.rs` also needs Debian's `nginx`, at
 //! `/usr/sbin/nginx` or `STK_E2E_NGINX=<path>`; the service binaries are built on first use when stale,
 //! see [`bins`]). Logs of every process: `target/e2e-logs/<test>/`. The benchmark:
 //! `cargo run --release -p stk-relay-e2e --bin e2e-bench -- --payments 1000`.
@@ -34,6 +37,7 @@ pub mod expect;
 pub mod nginx;
 pub mod process;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sentinel;
 pub mod sim;

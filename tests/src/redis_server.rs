@@ -8,7 +8,9 @@
 //! With [`RedisOptions::tls`] it also listens for TLS on a second port
 //! ([`RedisServer::tls_url`]); the plain port stays, on 127.0.0.1, for the harness's own
 //! checks and control commands, and `CLIENT LIST`'s `laddr` tells which port a client
-//! came in on. With [`RedisOptions::replica_of`] it replicates another server.
+//! came in on. With [`RedisOptions::replica_of`] it replicates another server. With
+//! [`RedisOptions::cluster`] it is a Redis Cluster node (see [`crate::redis_cluster`],
+//! which forms the cluster out of such nodes).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,6 +35,14 @@ pub struct RedisOptions {
     /// File name stem of the log and data directory (default `redis`), so that several
     /// servers can share a test's log directory.
     pub name: Option<String>,
+    /// A Redis Cluster node: `--cluster-enabled yes` with its bus on a second free port
+    /// (explicit `--cluster-port`: the default port+10000 overflows above 55535), the
+    /// node table in `<log dir>/<name>-nodes.conf` (removed on [`RedisServer::start`],
+    /// kept across [`RedisServer::restart`] so the node rejoins as itself),
+    /// `--cluster-node-timeout 1000` and no reads while the cluster is down. With
+    /// [`RedisOptions::tls`] the bus and replication use TLS too, the node presenting the
+    /// client certificate when it connects to another node.
+    pub cluster: bool,
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by
@@ -147,9 +157,11 @@ fn openssl(args: &[&str]) -> Result<()> {
 pub struct RedisServer {
     port: u16,
     tls_port: Option<u16>,
+    bus_port: Option<u16>,
     opts: RedisOptions,
     log_path: PathBuf,
     data_dir: PathBuf,
+    nodes_conf: PathBuf,
     child: Option<Child>,
 }
 
@@ -172,6 +184,17 @@ impl RedisServer {
         let stem = opts.name.clone().unwrap_or_else(|| "redis".to_owned());
         let log_path = log_dir.join(format!("{stem}.log"));
         let data_dir = log_dir.join(format!("{stem}-data"));
+        let nodes_conf = log_dir.join(format!("{stem}-nodes.conf"));
+        if opts.cluster {
+            // A node table left by an earlier run would make this node rejoin that cluster.
+            match std::fs::remove_file(&nodes_conf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {}", nodes_conf.display()))
+                }
+            }
+        }
         if opts.persistent {
             // Fresh data for a fresh test run: a leftover AOF would leak old state in.
             let _ = std::fs::remove_dir_all(&data_dir);
@@ -187,12 +210,18 @@ impl RedisServer {
                 Some(_) => Some(free_port().await?),
                 None => None,
             };
+            let bus_port = match opts.cluster {
+                true => Some(free_port().await?),
+                false => None,
+            };
             let mut server = Self {
                 port,
                 tls_port,
+                bus_port,
                 opts: opts.clone(),
                 log_path: log_path.clone(),
                 data_dir: data_dir.clone(),
+                nodes_conf: nodes_conf.clone(),
                 child: None,
             };
             match server.spawn_and_wait().await {
@@ -224,6 +253,16 @@ impl RedisServer {
     /// `rediss://127.0.0.1:<tls port>`, when started with [`RedisOptions::tls`].
     pub fn tls_url(&self) -> Option<String> {
         self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The cluster bus port, when started with [`RedisOptions::cluster`].
+    pub fn bus_port(&self) -> Option<u16> {
+        self.bus_port
+    }
+
+    /// Whether the process runs (it does unless [`RedisServer::kill`]ed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -314,6 +353,25 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(&tls.ca_cert)
                 .args(["--tls-auth-clients", "optional"]);
+        }
+        if let Some(bus_port) = self.bus_port {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(bus_port.to_string())
+                .arg("--cluster-config-file")
+                .arg(&self.nodes_conf)
+                .args([
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-allow-reads-when-down",
+                    "no",
+                ]);
+            if let Some(tls) = &self.opts.tls {
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .arg("--tls-client-cert-file")
+                    .arg(&tls.client_cert)
+                    .arg("--tls-client-key-file")
+                    .arg(&tls.client_key);
+            }
         }
         if let Some(primary) = self.opts.replica_of {
             cmd.args(["--replicaof", "127.0.0.1"])
