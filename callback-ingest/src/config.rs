@@ -76,6 +76,7 @@ impl Settings for IngestSettings {
         "server.trusted_proxies",
         "callbacks.allowed_sources",
         "redis.sentinels",
+        "redis.cluster_nodes",
     ];
 
     fn validate(&self) -> Result<(), ConfigError> {

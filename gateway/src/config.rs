@@ -256,6 +256,7 @@ impl Settings for GatewaySettings {
         "api.allowed_origins",
         "server.trusted_proxies",
         "redis.sentinels",
+        "redis.cluster_nodes",
     ];
     const OPTIONAL_KEYS: &'static [&'static str] = &["daraja.party_b"];
 

@@ -111,7 +111,7 @@ impl Idempotency {
                 .invoke_async(&mut conn),
         )
         .await
-        .map_err(|_| StoreError::Timeout)??;
+        .map_err(|_| StoreError::timed_out())??;
         let mut it = reply.into_iter();
         let begin = match it.next().as_deref() {
             Some("NEW") => Begin::New,
@@ -170,7 +170,7 @@ impl Idempotency {
             .ignore();
         tokio::time::timeout(pool.command_timeout(), pipe.query_async::<()>(&mut conn))
             .await
-            .map_err(|_| StoreError::Timeout)??;
+            .map_err(|_| StoreError::timed_out())??;
         Ok(())
     }
 
@@ -189,7 +189,7 @@ impl Idempotency {
             redis::cmd("DEL").arg(rkey).query_async::<i64>(&mut conn),
         )
         .await
-        .map_err(|_| StoreError::Timeout)??;
+        .map_err(|_| StoreError::timed_out())??;
         Ok(())
     }
 }

@@ -67,7 +67,7 @@ impl SessionStore {
         let mut conn = pool.get().await?;
         tokio::time::timeout(pool.command_timeout(), cmd.query_async(&mut conn))
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::timed_out())?
             .map_err(StoreError::from)
     }
 

@@ -366,7 +366,9 @@ pub enum RedisMode {
     /// A primary found through Redis Sentinel: `redis.sentinels` and `redis.master_name`;
     /// `redis.url` gives only the scheme, credentials and database of the data nodes.
     Sentinel,
-    /// Redis Cluster: a known value, refused by validation until it is implemented.
+    /// Redis Cluster (7.0 or later): `redis.cluster_nodes` names some nodes to start
+    /// from; `redis.url` gives only the scheme and credentials. Payment states are
+    /// published with sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
     Cluster,
 }
 
@@ -399,6 +401,9 @@ pub struct RedisSettings {
     /// Sentinel mode: the name the sentinels monitor the primary under.
     #[serde(default)]
     pub master_name: String,
+    /// Cluster mode: `host:port` of cluster nodes to discover the cluster from.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Sentinel mode: the sentinels' own password (`requirepass` of the sentinels); empty
     /// for none. The data nodes' password is the one in `url`.
     #[serde(default = "no_secret")]
@@ -434,6 +439,7 @@ impl RedisSettings {
             wait_replicas_timeout_ms: default_wait_replicas_timeout_ms(),
             sentinels: Vec::new(),
             master_name: String::new(),
+            cluster_nodes: Vec::new(),
             sentinel_password: SecretString::from(String::new()),
             sentinel_tls: false,
             tls_ca_file: String::new(),
@@ -506,6 +512,7 @@ impl RedisSettings {
                             .into(),
                     ));
                 }
+                self.no_cluster_nodes()?;
             }
             RedisMode::Sentinel => {
                 if self.sentinels.is_empty() {
@@ -529,15 +536,39 @@ impl RedisSettings {
                             .into(),
                     ));
                 }
+                self.no_cluster_nodes()?;
             }
             RedisMode::Cluster => {
-                return Err(ConfigError::Invalid(
-                    "redis.mode = \"cluster\" is not supported yet; use \"standalone\" or \"sentinel\""
-                        .into(),
-                ));
+                if self.cluster_nodes.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "redis.mode = \"cluster\" needs redis.cluster_nodes (host:port, ...)"
+                            .into(),
+                    ));
+                }
+                for s in &self.cluster_nodes {
+                    parse_host_port(s).ok_or_else(|| {
+                        ConfigError::Invalid(format!("redis.cluster_nodes: {s:?} is not host:port"))
+                    })?;
+                }
+                if !self.sentinels.is_empty() || !self.master_name.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "redis.sentinels and redis.master_name need redis.mode = \"sentinel\""
+                            .into(),
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    fn no_cluster_nodes(&self) -> Result<(), ConfigError> {
+        if self.cluster_nodes.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(
+                "redis.cluster_nodes needs redis.mode = \"cluster\"".into(),
+            ))
+        }
     }
 }
 
@@ -747,12 +778,14 @@ command_timeout_ms = 1000
         assert!(s.validate().is_err(), "a certificate needs its key");
         let mut s = base();
         s.mode = RedisMode::Cluster;
-        let e = s
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(s.validate().is_err(), "cluster mode needs nodes");
+        s.cluster_nodes = vec!["10.0.0.1:7000".into(), "[::1]:7001".into()];
+        assert!(s.validate().is_ok());
+        s.cluster_nodes.push("nohost".into());
+        assert!(s.validate().is_err());
+        let mut s = base();
+        s.cluster_nodes = vec!["10.0.0.1:7000".into()];
+        assert!(s.validate().is_err(), "cluster nodes need cluster mode");
         let mut s = base();
         s.mode = RedisMode::Sentinel;
         assert!(s.validate().is_err(), "sentinel mode needs sentinels");

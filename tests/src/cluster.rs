@@ -20,6 +20,7 @@ use stk_relay_shared::payment::PaymentState;
 
 use crate::bins::{self, Binaries};
 use crate::process::Node;
+use crate::redis_cluster::RedisClusterSet;
 use crate::redis_server::{RedisOptions, RedisServer, TlsFiles};
 use crate::sentinel::{SentinelSet, MASTER_NAME};
 use crate::sim::{self, SimControl};
@@ -60,6 +61,10 @@ pub struct ClusterOptions {
     /// A replica and three sentinels join the Redis; every node runs in
     /// `redis.mode = "sentinel"`.
     pub sentinel: bool,
+    /// Every node runs in `redis.mode = "cluster"` against a Redis Cluster of three
+    /// primaries, each with a replica ([`Cluster::redis_cluster`]), with
+    /// `redis.wait_replicas = 1`. (The standalone [`Cluster::redis`] runs too, unused.)
+    pub redis_cluster: bool,
 }
 
 impl Default for ClusterOptions {
@@ -78,6 +83,7 @@ impl Default for ClusterOptions {
             callback_base: None,
             redis_tls: false,
             sentinel: false,
+            redis_cluster: false,
         }
     }
 }
@@ -102,6 +108,8 @@ pub struct Cluster {
     pub tls: Option<TlsFiles>,
     /// The replica and sentinels, with [`ClusterOptions::sentinel`].
     pub sentinel: Option<SentinelSet>,
+    /// The Redis Cluster, with [`ClusterOptions::redis_cluster`].
+    pub redis_cluster: Option<RedisClusterSet>,
     pub sim: Node,
     pub sim_ctl: SimControl,
     pub gateways: Vec<Node>,
@@ -157,7 +165,19 @@ impl Cluster {
         } else {
             None
         };
-        let redis_env = redis_env(&redis, tls.as_ref(), sentinel.as_ref());
+        let redis_cluster = if opts.redis_cluster {
+            Some(
+                RedisClusterSet::start(&log_dir, 3, tls.as_ref())
+                    .await
+                    .context("starting the redis cluster")?,
+            )
+        } else {
+            None
+        };
+        let redis_env = match &redis_cluster {
+            Some(set) => cluster_env(set, tls.as_ref()),
+            None => redis_env(&redis, tls.as_ref(), sentinel.as_ref()),
+        };
 
         let key_prefix = format!("e2e-{name}-{}", random_alnum(8));
         let api_key = format!("e2e-api-{}", random_alnum(24));
@@ -258,6 +278,7 @@ impl Cluster {
             redis,
             tls,
             sentinel,
+            redis_cluster,
             sim,
             sim_ctl,
             gateways,
@@ -745,6 +766,32 @@ fn redis_env(
         }
         None => env.push(kv("URL", &url)),
     }
+    env
+}
+
+/// The `[redis]` keys that point a node at a Redis Cluster.
+fn cluster_env(set: &RedisClusterSet, tls: Option<&TlsFiles>) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    match (tls, set.tls_seeds()) {
+        (Some(files), Some(seeds)) => {
+            env.push(kv("TLS_CA_FILE", &files.ca_cert.display().to_string()));
+            env.push(kv(
+                "TLS_CERT_FILE",
+                &files.client_cert.display().to_string(),
+            ));
+            env.push(kv("TLS_KEY_FILE", &files.client_key.display().to_string()));
+            // Only the scheme counts in cluster mode: the seeds name the hosts.
+            env.push(kv("URL", "rediss://cluster.invalid:6379"));
+            env.push(kv("CLUSTER_NODES", &seeds));
+        }
+        _ => {
+            env.push(kv("URL", "redis://cluster.invalid:6379"));
+            env.push(kv("CLUSTER_NODES", &set.seeds()));
+        }
+    }
+    env.push(kv("MODE", "cluster"));
+    // Payment writes count only once a replica has them (docs/reliability.md).
+    env.push(kv("WAIT_REPLICAS", "1"));
     env
 }
 

@@ -34,6 +34,7 @@ pub mod browser;
 pub mod cluster;
 pub mod daraja;
 pub mod expect;
+pub mod inflight;
 pub mod nginx;
 pub mod process;
 pub mod proxy;

@@ -50,7 +50,7 @@ async fn readiness(state: &AppState) -> HttpResponse {
         // With a spool, a slow Redis only means "spooling": answer within a probe's timeout.
         Some(_) => tokio::time::timeout(SPOOLING_PING_BOUND, ping)
             .await
-            .unwrap_or(Err(StoreError::Timeout)),
+            .unwrap_or_else(|_| Err(StoreError::timed_out())),
         None => ping.await,
     };
     match (ping, spool) {

@@ -23,11 +23,13 @@
 //!   connection: it is dropped and rebuilt. See [`redis`].
 //! - **Fan-out.** One upstream subscription per channel per process, reference-counted:
 //!   the first local subscriber subscribes, dropping the last one unsubscribes. All
-//!   channels share one dedicated connection, so a node's Redis connection count does
-//!   not grow with its clients.
+//!   channels share one dedicated connection (in Redis Cluster, one per shard: see
+//!   [`cluster`]), so a node's Redis connection count does not grow with its clients.
 
+mod cluster;
 pub mod memory;
 pub mod redis;
+mod resp;
 
 use std::sync::Arc;
 

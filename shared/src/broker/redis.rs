@@ -36,6 +36,9 @@
 //! looks like any other loss here: Sentinel kills the demoted node's clients, and the
 //! task reconnects to the new primary, re-subscribes and raises `Resync`.
 //!
+//! In Redis Cluster the handle is the same, but the task is [`super::cluster`]'s: sharded
+//! pub/sub, one connection per shard.
+//!
 //! The command queue is unbounded on purpose: every entry belongs to one live
 //! `Subscription` (one `Subscribe`, one `Release`), so its length is bounded by the
 //! number of subscriptions, which the gateway caps; `Drop` must be able to release
@@ -125,6 +128,25 @@ impl RedisBroker {
         };
         let probe_channel: Arc<str> =
             Arc::from(Keyspace::new(settings.key_prefix.clone()).node_probe_channel(&node_id));
+        if topology.sharded_pubsub() {
+            let task = super::cluster::ClusterTask::new(
+                pool.clone(),
+                settings.connect_timeout(),
+                settings.command_timeout(),
+                cmd_tx.clone(),
+                cmd_rx,
+                connected.clone(),
+                channels.clone(),
+            );
+            tokio::spawn(task.run());
+            return Ok(Self {
+                cmd_tx,
+                connected,
+                channels,
+                subscribe_timeout: settings.connect_timeout() + settings.command_timeout(),
+                pool,
+            });
+        }
         let task = Task {
             pool: pool.clone(),
             probe_channel,
@@ -732,9 +754,8 @@ impl Task {
     }
 }
 
-/// `PUBLISH` on a pooled command connection, bounded by the command timeout.
 /// The metrics reason of a connection rebuild, from its log message.
-fn reconnect_reason(why: &str) -> crate::metrics::ReconnectReason {
+pub(crate) fn reconnect_reason(why: &str) -> crate::metrics::ReconnectReason {
     use crate::metrics::ReconnectReason;
     if why.contains("probe") {
         ReconnectReason::ProbeMissed
@@ -745,11 +766,22 @@ fn reconnect_reason(why: &str) -> crate::metrics::ReconnectReason {
     }
 }
 
-async fn publish_on_pool(pool: &RedisPool, channel: &str, payload: &str) -> Result<(), String> {
+/// `PUBLISH` on a pooled command connection, bounded by the command timeout;
+/// `SPUBLISH` where pub/sub is sharded (cluster mode).
+pub(crate) async fn publish_on_pool(
+    pool: &RedisPool,
+    channel: &str,
+    payload: &str,
+) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let verb = if pool.topology().sharded_pubsub() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
     tokio::time::timeout(
         pool.command_timeout(),
-        redis::cmd("PUBLISH")
+        redis::cmd(verb)
             .arg(channel)
             .arg(payload)
             .query_async::<i64>(&mut conn),

@@ -22,6 +22,7 @@ pub mod memory;
 pub mod payments;
 pub mod pool;
 pub mod schedule;
+pub mod slot;
 pub mod topology;
 
 pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
@@ -128,6 +129,13 @@ impl From<redis::RedisError> for StoreError {
 }
 
 impl StoreError {
+    /// A bound on a Redis step expired (a checkout, a command, a script with its `WAIT`):
+    /// counted with the failed commands, as `kind="timeout"`.
+    pub fn timed_out() -> Self {
+        crate::metrics::redis_error(crate::metrics::RedisErrorKind::Timeout);
+        StoreError::Timeout
+    }
+
     fn classify(e: redis::RedisError) -> Self {
         if e.is_timeout() {
             StoreError::Timeout

@@ -92,6 +92,17 @@ pub struct PaymentStore {
     early_ttl: Duration,
 }
 
+/// The payment script, publishing with `SPUBLISH` where pub/sub is sharded (Redis
+/// Cluster) and with `PUBLISH` elsewhere; otherwise the same text.
+fn payment_script(storage: &Storage) -> Script {
+    match storage {
+        Storage::Redis(pool) if pool.topology().sharded_pubsub() => {
+            Script::new(&PAYMENT_LUA.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+        }
+        _ => Script::new(PAYMENT_LUA),
+    }
+}
+
 /// How long an early record (a callback that beat its pending write) is kept unless the
 /// caller says otherwise ([`PaymentStore::with_early_ttl`]).
 pub const DEFAULT_EARLY_TTL: Duration = Duration::from_secs(300);
@@ -100,9 +111,9 @@ impl PaymentStore {
     /// `ttl` bounds how long a payment (pending or final) is kept.
     pub fn new(storage: Storage, keys: Keyspace, ttl: Duration) -> Self {
         Self {
+            script: payment_script(&storage),
             storage,
             keys,
-            script: Script::new(PAYMENT_LUA),
             ttl,
             early_ttl: DEFAULT_EARLY_TTL,
         }
@@ -132,18 +143,19 @@ impl PaymentStore {
             }
         };
         let mut conn = pool.get().await?;
-        let mut inv = self.script.key(self.keys.payment(id));
+        let key = self.keys.payment(id);
+        let mut inv = self.script.key(&key);
         inv.key(self.keys.payment_channel(id));
         for a in args {
             inv.arg(*a);
         }
         let reply: Vec<String> = tokio::time::timeout(pool.command_timeout(), async {
             let reply = inv.invoke_async(&mut conn).await?;
-            pool.replicated(&mut conn).await?;
+            pool.replicated(&mut conn, &key).await?;
             Ok::<_, StoreError>(reply)
         })
         .await
-        .map_err(|_| StoreError::Timeout)??;
+        .map_err(|_| StoreError::timed_out())??;
         Ok(reply)
     }
 
@@ -267,7 +279,7 @@ impl PaymentStore {
                 .query_async(&mut conn),
         )
         .await
-        .map_err(|_| StoreError::Timeout)??;
+        .map_err(|_| StoreError::timed_out())??;
         Ok(state)
     }
 }

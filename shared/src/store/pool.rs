@@ -107,8 +107,49 @@ type Opening = Shared<BoxFuture<'static, Result<Arc<Held>, OpenError>>>;
 
 /// A slot's connection and the topology epoch it was opened in.
 struct Held {
-    conn: ConnectionManager,
+    conn: Conn,
     epoch: u64,
+}
+
+/// One command connection, as [`Topology::command_connection`] opens it: to one server
+/// (standalone, or the primary the sentinels name), or to a Redis Cluster, where
+/// redis-rs routes each command by its key's slot and follows `MOVED` and `ASK` itself.
+/// Both pipeline concurrent commands and reconnect by themselves; cloning shares them.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -153,17 +194,36 @@ impl RedisPool {
     /// With `redis.wait_replicas` > 0: waits until that many replicas hold every write
     /// made so far on `conn` (`WAIT`), and fails as unavailable if fewer do in time. A
     /// write acknowledged by a primary that is being replaced, and never copied, is
-    /// thereby reported as failed (and retried) instead of silently lost.
-    pub async fn replicated(&self, conn: &mut PooledConnection) -> Result<(), StoreError> {
+    /// thereby reported as failed (and retried) instead of silently lost. `key` is the
+    /// key just written: in cluster mode the `WAIT` goes to the primary of its slot only
+    /// (redis-rs would otherwise ask every primary).
+    pub async fn replicated(
+        &self,
+        conn: &mut PooledConnection,
+        key: &str,
+    ) -> Result<(), StoreError> {
         let want = self.inner.wait_replicas;
         if want == 0 {
             return Ok(());
         }
-        let acked: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(self.inner.wait_replicas_timeout.as_millis() as u64)
-            .query_async(conn)
-            .await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want)
+            .arg(self.inner.wait_replicas_timeout.as_millis() as u64);
+        let acked: u32 = match &mut conn.conn {
+            Conn::Single(_) => wait.query_async(conn).await?,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(super::slot::of(key.as_bytes()), SlotAddr::Master);
+                let r = c
+                    .route_command(
+                        &wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await
+                    .and_then(|v| redis::from_owned_redis_value(v));
+                r?
+            }
+        };
         if acked < want {
             return Err(StoreError::Unavailable(format!(
                 "write reached {acked} of {want} replicas"
@@ -188,7 +248,7 @@ impl RedisPool {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         tokio::time::timeout(self.inner.command_timeout, self.slot(i))
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::timed_out())?
     }
 
     async fn slot(&self, i: usize) -> Result<PooledConnection, StoreError> {
@@ -279,7 +339,7 @@ impl RedisPool {
         let all = futures_util::future::join_all((0..self.inner.slots.len()).map(|i| self.slot(i)));
         let results = tokio::time::timeout(self.inner.connect_timeout, all)
             .await
-            .map_err(|_| StoreError::Timeout)?;
+            .map_err(|_| StoreError::timed_out())?;
         results
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
@@ -298,7 +358,7 @@ impl RedisPool {
                 .map_err(StoreError::from)
         })
         .await
-        .map_err(|_| StoreError::Timeout)??;
+        .map_err(|_| StoreError::timed_out())??;
         Ok(())
     }
 }
@@ -306,7 +366,7 @@ impl RedisPool {
 /// A checked-out connection: a `ConnectionManager` handle that reports, after each
 /// command, whether its slot must get a new connection ([`Topology::replace_after`]).
 pub struct PooledConnection {
-    conn: ConnectionManager,
+    conn: Conn,
     /// The slot's connection as handed out; compared before the slot is emptied, so a
     /// late error on an old connection never drops its replacement.
     held: Arc<Held>,

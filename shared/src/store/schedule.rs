@@ -57,7 +57,7 @@ impl Schedule {
         let mut conn = pool.get().await?;
         tokio::time::timeout(pool.command_timeout(), cmd.query_async(&mut conn))
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::timed_out())?
             .map_err(StoreError::from)
     }
 
@@ -194,7 +194,7 @@ impl Schedule {
         let raw: Vec<String> =
             tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
                 .await
-                .map_err(|_| StoreError::Timeout)??;
+                .map_err(|_| StoreError::timed_out())??;
         let mut out = Vec::with_capacity(raw.len());
         for member in raw {
             match CheckoutRequestId::parse(&member) {
@@ -233,7 +233,7 @@ impl Schedule {
         let tokens: String =
             tokio::time::timeout(pool.command_timeout(), inv.invoke_async(&mut conn))
                 .await
-                .map_err(|_| StoreError::Timeout)??;
+                .map_err(|_| StoreError::timed_out())??;
         tokens
             .parse()
             .map_err(|_| StoreError::Protocol(format!("schedule.lua refund: {tokens:?}")))

@@ -10,10 +10,13 @@
 //!   where the primary is, and a command connection then checks with `ROLE` that the
 //!   node really is a primary (a sentinel can be behind). `redis.url` gives only the
 //!   scheme, credentials and database of the data nodes.
-//! - **Cluster**: not yet. It would be a third [`Mode`] that hands out a
-//!   `redis::cluster_async` connection (which routes by slot itself); the pool already
-//!   takes whatever connection this module makes, and the subscriber needs a sharded
-//!   `SSUBSCRIBE` or a fixed node, which is this module's decision too.
+//! - **Cluster** (`redis.mode = "cluster"`): command connections are redis-rs cluster
+//!   connections, started from `redis.cluster_nodes`, which route each command by its
+//!   key's slot and follow `MOVED`, `ASK` and failovers themselves. Publishing is sharded
+//!   ([`Topology::sharded_pubsub`]: `SPUBLISH`), and the subscriber is
+//!   [`crate::broker::cluster`], which opens one connection per shard it has channels on
+//!   through [`Topology::node_stream`]. `redis.url` gives only the scheme and
+//!   credentials (Redis Cluster has database 0 only).
 //!
 //! Failover: in Sentinel mode a watcher task asks the sentinels every
 //! [`SENTINEL_POLL`] where the primary is; when the answer changes it bumps the
@@ -51,7 +54,7 @@ use tokio_rustls::rustls;
 
 use tokio::sync::watch;
 
-use super::pool::configure_socket;
+use super::pool::{configure_socket, Conn};
 use crate::config::{parse_host_port, RedisMode, RedisSettings};
 
 /// How a node finds its Redis primary and opens connections to it.
@@ -87,7 +90,14 @@ enum Mode {
         auth: RedisConnectionInfo,
         tls: bool,
     },
+    Cluster {
+        seeds: Vec<(String, u16)>,
+    },
 }
+
+/// A byte stream to one Redis node, plain or TLS, for the cluster subscriber.
+pub trait NodeStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> NodeStream for T {}
 
 struct Tls {
     /// For redis-rs (command connections).
@@ -221,9 +231,26 @@ impl Topology {
                 }
             }
             RedisMode::Cluster => {
-                return Err(TopologyError(
-                    "redis.mode = \"cluster\" is not supported yet".into(),
-                ))
+                if info.redis.db != 0 {
+                    return Err(TopologyError(
+                        "redis.url: Redis Cluster has database 0 only".into(),
+                    ));
+                }
+                let seeds = settings
+                    .cluster_nodes
+                    .iter()
+                    .map(|s| {
+                        parse_host_port(s).ok_or_else(|| {
+                            TopologyError(format!("redis.cluster_nodes: {s:?} is not host:port"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if seeds.is_empty() {
+                    return Err(TopologyError(
+                        "redis.mode = \"cluster\" needs redis.cluster_nodes".into(),
+                    ));
+                }
+                Mode::Cluster { seeds }
             }
         };
         let watched = matches!(mode, Mode::Sentinel { .. });
@@ -267,16 +294,7 @@ impl Topology {
         redis: RedisConnectionInfo,
         tls: bool,
     ) -> Result<redis::Client, String> {
-        let addr = if tls {
-            ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(host.to_owned(), port)
-        };
+        let addr = self.addr(host, port, tls);
         let info = ConnectionInfo { addr, redis };
         match (&self.inner.tls, tls) {
             (Some(t), true) => redis::Client::build_with_tls(info, t.certs.clone()),
@@ -285,10 +303,20 @@ impl Topology {
         .map_err(|e| format!("redis client for {host}:{port}: {e}"))
     }
 
-    /// Where the primary is now.
+    /// Whether payment states travel by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`):
+    /// in cluster mode, so that a message stays within its shard.
+    pub fn sharded_pubsub(&self) -> bool {
+        matches!(self.inner.mode, Mode::Cluster { .. })
+    }
+
+    /// Where the primary is now. (Cluster mode has one per shard: the seeds' first.)
     async fn primary(&self) -> Result<(String, u16), String> {
         match &self.inner.mode {
             Mode::Standalone { host, port } => Ok((host.clone(), *port)),
+            Mode::Cluster { seeds } => seeds
+                .first()
+                .cloned()
+                .ok_or_else(|| "no cluster node configured".to_string()),
             Mode::Sentinel {
                 sentinels,
                 master_name,
@@ -340,9 +368,62 @@ impl Topology {
         Ok((h, p))
     }
 
-    /// A new self-reconnecting command connection to the current primary. In Sentinel
-    /// mode, a node that is not (or no longer) a primary is refused.
-    pub async fn command_connection(
+    /// A new self-reconnecting command connection to the current primary (in cluster
+    /// mode: to the cluster). In Sentinel mode, a node that is not (or no longer) a
+    /// primary is refused.
+    pub async fn command_connection(&self, cfg: ConnectionManagerConfig) -> Result<Conn, String> {
+        if let Mode::Cluster { seeds } = &self.inner.mode {
+            return self.cluster_connection(seeds).await.map(Conn::Cluster);
+        }
+        self.single_connection(cfg).await.map(Conn::Single)
+    }
+
+    async fn cluster_connection(
+        &self,
+        seeds: &[(String, u16)],
+    ) -> Result<redis::cluster_async::ClusterConnection, String> {
+        let nodes = seeds
+            .iter()
+            .map(|(host, port)| ConnectionInfo {
+                addr: self.addr(host, *port, self.uses_tls()),
+                redis: self.inner.data.clone(),
+            })
+            .collect::<Vec<_>>();
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(self.inner.connect_timeout)
+            .response_timeout(self.inner.command_timeout)
+            // Redirections (MOVED, ASK, TRYAGAIN during a migration, CLUSTERDOWN during a
+            // failover) are retried within the caller's command timeout.
+            .retries(4)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .tcp_settings(super::pool::tcp_settings());
+        if let Some(tls) = &self.inner.tls {
+            builder = builder.certs(tls.certs.clone());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("redis cluster client: {e}"))?;
+        client
+            .get_async_connection()
+            .await
+            .map_err(|e| format!("redis cluster: {e}"))
+    }
+
+    fn addr(&self, host: &str, port: u16, tls: bool) -> ConnectionAddr {
+        if tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        }
+    }
+
+    async fn single_connection(
         &self,
         cfg: ConnectionManagerConfig,
     ) -> Result<ConnectionManager, String> {
@@ -371,6 +452,33 @@ impl Topology {
 
     fn uses_tls(&self) -> bool {
         self.inner.tls.is_some()
+    }
+
+    /// The data nodes' credentials and protocol settings (from `redis.url`).
+    pub fn data_info(&self) -> &RedisConnectionInfo {
+        &self.inner.data
+    }
+
+    /// A byte stream to one node (cluster mode: a shard's primary), with the pool's TCP
+    /// options, in TLS when the data nodes use it. Nothing is sent on it yet. The caller
+    /// bounds the time.
+    pub async fn node_stream(&self, host: &str, port: u16) -> Result<Box<dyn NodeStream>, String> {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        configure_socket(&tcp).map_err(|e| format!("setting TCP options: {e}"))?;
+        match &self.inner.tls {
+            None => Ok(Box::new(tcp)),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
+                Ok(Box::new(stream))
+            }
+        }
     }
 
     /// A new pub/sub connection to the current primary, with the pool's TCP options. The
@@ -406,7 +514,8 @@ impl Topology {
             return true;
         }
         match self.inner.mode {
-            Mode::Standalone { .. } => false,
+            // A cluster connection follows failovers and reconnects by itself.
+            Mode::Standalone { .. } | Mode::Cluster { .. } => false,
             Mode::Sentinel { .. } => {
                 e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
             }
