@@ -121,6 +121,10 @@ enum Change {
     Failover,
     /// `redis-cli --cluster reshard` of this many slots from one primary to another.
     Reshard(u32),
+    /// A primary is SIGKILLed; its replica is promoted; the old primary is started
+    /// again and rejoins as the replica (until then `WAIT 1` fails on that shard: 503,
+    /// and the callbacks are retried as Daraja would).
+    Kill,
 }
 
 /// `N` payments pending with sockets on both gateways; the change lands after a third of
@@ -128,10 +132,12 @@ enum Change {
 /// once, every node is ready again, and every stored state is final.
 async fn change_under_load(name: &str, change: Change) -> Result<()> {
     const N: u32 = 300;
-    let c = Cluster::start_with(name, cluster()).await?;
-    let set = set(&c)?;
+    let mut c = Cluster::start_with(name, cluster()).await?;
+    // Taken out, so that a primary can be killed (which needs it mutable) while the
+    // cluster is in use.
+    let mut set = c.redis_cluster.take().context("no redis cluster")?;
     let (open, mut sockets) = split(pending_payments(&c, N).await?);
-    let before = per_shard(set, &open).await?;
+    let before = per_shard(&set, &open).await?;
     // The shard with the most payments changes.
     let (&target, _) = before
         .iter()
@@ -146,6 +152,15 @@ async fn change_under_load(name: &str, change: Change) -> Result<()> {
         let at = done.load(Ordering::Relaxed);
         let t = tokio::time::Instant::now();
         match change {
+            Change::Kill => {
+                let new = set.kill_primary(target).await?;
+                eprintln!(
+                    "{name}: primary {target} killed after {at} callbacks; {new} promoted in {:?}",
+                    t.elapsed()
+                );
+                set.restart(target).await?;
+                eprintln!("{name}: {target} back as a replica after {:?}", t.elapsed());
+            }
             Change::Failover => {
                 let new = set.failover(target).await?;
                 eprintln!(
@@ -176,7 +191,7 @@ async fn change_under_load(name: &str, change: Change) -> Result<()> {
     acted?;
     let completed = completed?;
     ensure!(completed == N as usize, "{completed} of {N} completed");
-    let after = per_shard(set, &open).await?;
+    let after = per_shard(&set, &open).await?;
     if let Change::Reshard(_) = change {
         let moved =
             before.get(&target).copied().unwrap_or(0) - after.get(&target).copied().unwrap_or(0);
@@ -188,6 +203,7 @@ async fn change_under_load(name: &str, change: Change) -> Result<()> {
     }
     all_ready(&c).await?;
     all_stored_success(&c, &open).await?;
+
     eprintln!("{name}: {N} payments, {completed} delivered once each, 0 lost, 0 duplicated");
     Ok(())
 }
@@ -196,6 +212,12 @@ async fn change_under_load(name: &str, change: Change) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_shard_failover_under_load() -> Result<()> {
     change_under_load("cluster_failover", Change::Failover).await
+}
+
+/// A primary dies with callbacks streaming in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_primary_killed_under_load() -> Result<()> {
+    change_under_load("cluster_killed", Change::Kill).await
 }
 
 /// 2,000 slots move between primaries (`redis-cli --cluster reshard`, keys and all)
