@@ -226,3 +226,52 @@ async fn cluster_primary_killed_under_load() -> Result<()> {
 async fn cluster_reshard_under_load() -> Result<()> {
     change_under_load("cluster_reshard", Change::Reshard(2000)).await
 }
+
+/// Cluster mode over TLS (`rediss://`, the test CA and a client certificate, TLS between
+/// the nodes too): the delivery path works, and every connection of every node, the
+/// shard subscribers included, is on a TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_over_tls() -> Result<()> {
+    const N: u32 = 30;
+    let c = Cluster::start_with(
+        "cluster_tls",
+        ClusterOptions {
+            redis_tls: true,
+            ..cluster()
+        },
+    )
+    .await?;
+    let set = set(&c)?;
+    let (open, mut sockets) = split(pending_payments(&c, N).await?);
+    let subs = one_subscriber_per_shard_per_gateway(&c).await?;
+    let mut clients = 0;
+    for node in set.nodes() {
+        let tls_port = node.tls_port().context("a node without a TLS port")?;
+        for client in set.clients(node.port()).await? {
+            // The nodes' own replication links aside.
+            if client
+                .get("flags")
+                .is_some_and(|f| f.contains('S') || f.contains('M'))
+            {
+                continue;
+            }
+            let laddr = client.get("laddr").unwrap_or_default();
+            ensure!(
+                laddr.ends_with(&format!(":{tls_port}")),
+                "a client of node {} not on its TLS port: {:?}",
+                node.port(),
+                client.0
+            );
+            clients += 1;
+        }
+    }
+    eprintln!("cluster_tls: {clients} TLS clients on the nodes, {subs} of them shard subscribers");
+    let done = AtomicUsize::new(0);
+    let (delivered, completed) = tokio::join!(
+        deliver_all(&c, &open, &done, STEP * 4),
+        each_completed_once(&open, &mut sockets)
+    );
+    delivered?;
+    ensure!(completed? == N as usize);
+    all_stored_success(&c, &open).await
+}
