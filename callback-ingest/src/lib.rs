@@ -10,11 +10,14 @@
 //! - [`callback`]: whether a callback is trusted, and how it is applied with retries.
 //! - [`error`]: `IngestError`, mapped to HTTP in one place.
 //! - [`spool`]: callbacks acknowledged while Redis was down, on disk until replayed.
+//! - [`journal`]: the last seconds of applied callbacks, applied again after a Redis
+//!   primary change (Sentinel), which can lose writes the old primary acknowledged.
 //! - [`limits`]: per-source budgets of refused requests (429 when used up).
 
 pub mod callback;
 pub mod config;
 pub mod error;
+pub mod journal;
 pub mod limits;
 pub mod routes;
 pub mod spool;

@@ -21,6 +21,7 @@ use stk_relay_shared::token::CallbackTokens;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::IngestSettings;
+use crate::journal::{self, Journal};
 use crate::limits::RefusalLimiter;
 use crate::routes;
 use crate::spool::{self, Spool};
@@ -42,6 +43,8 @@ pub struct AppState {
     /// The reconciliation due set: a callback that does not match its push, or awaits
     /// confirmation, makes its payment due for an STK Push Query at once.
     pub schedule: Schedule,
+    /// Recently applied callbacks, where the Redis primary can move (Sentinel).
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// The ingest's state and background tasks, without a server of its own:
@@ -80,7 +83,15 @@ impl Ingest {
             None => None,
         };
         let schedule = Schedule::new(store.storage().clone(), store.keyspace().clone());
+        let moving_primary = match store.storage() {
+            Storage::Redis(pool) if pool.topology().primary_can_move() => Some(pool.clone()),
+            _ => None,
+        };
+        let journal = moving_primary
+            .as_ref()
+            .map(|_| Arc::new(Journal::default()));
         let state = web::Data::new(AppState {
+            journal: journal.clone(),
             schedule,
             callback_tokens: CallbackTokens::new(settings.callback_keys()),
             store,
@@ -93,6 +104,14 @@ impl Ingest {
         });
         if let Some(spool) = spool {
             tokio::spawn(spool::replay(state.clone(), spool));
+        }
+        if let (Some(pool), Some(journal)) = (moving_primary, journal) {
+            tokio::spawn(journal::reapply_on_primary_change(
+                state.clone(),
+                journal,
+                pool.topology().watch_epoch(),
+                pool.command_timeout(),
+            ));
         }
         Ok(Self { state })
     }

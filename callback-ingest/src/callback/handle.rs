@@ -130,6 +130,11 @@ pub async fn process(
             return Err(IngestError::Forbidden);
         }
     }
+    if let Some(journal) = &state.journal {
+        if !matches!(outcome, ApplyOutcome::NotFound) {
+            journal.record(token, body, received_at);
+        }
+    }
     Ok(Processed {
         checkout_request_id: callback.checkout_request_id,
         outcome,

@@ -108,6 +108,8 @@ struct IoEvent {
     io: Io,
 }
 
+type MapResult = Result<SlotMap, String>;
+
 /// `CLUSTER SLOTS`, reduced to each slot range's primary.
 struct SlotMap {
     /// `(first slot, last slot, "host:port")`, sorted.
@@ -174,8 +176,8 @@ pub(super) struct ClusterTask {
         mpsc::UnboundedReceiver<IoEvent>,
     ),
     maps: (
-        mpsc::UnboundedSender<Result<SlotMap, String>>,
-        mpsc::UnboundedReceiver<Result<SlotMap, String>>,
+        mpsc::UnboundedSender<MapResult>,
+        mpsc::UnboundedReceiver<MapResult>,
     ),
     entries: HashMap<Arc<str>, Entry>,
     shards: HashMap<Arc<str>, Shard>,
@@ -647,7 +649,7 @@ impl ClusterTask {
         });
     }
 
-    fn on_map(&mut self, map: Result<SlotMap, String>) {
+    fn on_map(&mut self, map: MapResult) {
         self.map_asking = false;
         match map {
             Ok(map) => {

@@ -220,7 +220,7 @@ impl RedisPool {
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await
-                    .and_then(|v| redis::from_owned_redis_value(v));
+                    .and_then(redis::from_owned_redis_value);
                 r?
             }
         };

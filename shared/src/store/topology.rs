@@ -303,6 +303,13 @@ impl Topology {
         .map_err(|e| format!("redis client for {host}:{port}: {e}"))
     }
 
+    /// Whether the primary can move under this node without its address changing
+    /// (Sentinel), so that a forced failover can lose writes it acknowledged
+    /// (see the ingest's journal).
+    pub fn primary_can_move(&self) -> bool {
+        matches!(self.inner.mode, Mode::Sentinel { .. })
+    }
+
     /// Whether payment states travel by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`):
     /// in cluster mode, so that a message stays within its shard.
     pub fn sharded_pubsub(&self) -> bool {
