@@ -92,9 +92,29 @@ where
     Ok(server)
 }
 
-/// Root span per request: method, route pattern, request id, status. No target, no
-/// query string, no headers.
+/// Root span per request: method, route pattern, request id, status, and the payment's
+/// `checkout_request_id` once a route knows it ([`record_checkout_request_id`]). No
+/// target, no query string, no headers.
 pub struct RedactedRootSpan;
+
+/// The request's root span (`http_request` of [`RedactedRootSpan`]); a disabled span
+/// for a request not served through `TracingLogger`.
+pub fn request_span(req: &HttpRequest) -> Span {
+    req.extensions()
+        .get::<tracing_actix_web::RootSpan>()
+        .map(|root| Span::clone(root))
+        .unwrap_or_else(Span::none)
+}
+
+/// Records the payment a request is about as `checkout_request_id` on the current span
+/// and on the request's root span (`request`, from [`request_span`]). Then every line of
+/// the request carries it, also those written after the handler returned: the error
+/// line of a 5xx (written while actix turns the error into a response) and the root
+/// span's own "request failed".
+pub fn record_checkout_request_id(request: &Span, id: &str) {
+    Span::current().record("checkout_request_id", id);
+    request.record("checkout_request_id", id);
+}
 
 impl RootSpanBuilder for RedactedRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
@@ -112,6 +132,7 @@ impl RootSpanBuilder for RedactedRootSpan {
             http.route = %route,
             request_id = %request_id,
             http.status_code = tracing::field::Empty,
+            checkout_request_id = tracing::field::Empty,
         )
     }
 
