@@ -211,4 +211,15 @@ mod tests {
         // Without a spool, its size is not checked.
         assert!(load("[callbacks]\nspool_max_bytes = 1\n").is_ok());
     }
+
+    #[test]
+    fn server_backlog_defaults_to_4096_and_is_validated() {
+        assert_eq!(load("").unwrap().server.backlog, 4096);
+        assert_eq!(
+            load("[server]\nbacklog = 128\n").unwrap().server.backlog,
+            128
+        );
+        let err = load("[server]\nbacklog = 0\n").expect_err("backlog 0");
+        assert!(err.to_string().contains("server.backlog"), "{err}");
+    }
 }

@@ -1,13 +1,16 @@
-//! `stk-relay-callback-ingest`: load config, start telemetry, serve until SIGTERM.
+//! `stk-relay-callback-ingest`: load config, start telemetry, raise the open-file limit,
+//! serve until SIGTERM.
 
 use stk_relay_callback_ingest::{config::IngestSettings, startup::Application};
 use stk_relay_shared::config::Settings as _;
-use stk_relay_shared::{shutdown::Shutdown, telemetry};
+use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = IngestSettings::load()?;
     telemetry::init(&settings.telemetry);
+    // No cap on connections of its own: Daraja's callbacks are short requests.
+    limits::raise_open_files(limits::MIN_OPEN_FILES);
     let shutdown = Shutdown::new();
     tokio::spawn(shutdown.clone().trigger_on_signals());
     let app = Application::build(settings, shutdown).await?;

@@ -4,7 +4,6 @@
 //! ready, while Redis is down) and binds, so `port = 0` works. `run_until_stopped`
 //! serves until the shutdown handle fires, then drains in-flight requests with a bound.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,7 +157,7 @@ impl Application {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let ingest =
             Ingest::build(settings.clone(), shutdown.clone(), Storage::Redis(pool)).await?;
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let listener = stk_relay_shared::http::bind(&settings.server)?;
         let port = listener.local_addr()?.port();
         let metrics = MetricsServer::start(&settings.metrics, vec![ingest.metrics_collector()])?;
         let data = ingest.state.clone();

@@ -228,6 +228,12 @@ impl WsSettings {
         Duration::from_secs(self.max_lifetime_secs)
     }
 
+    /// File descriptors a node needs at `max_connections`: two per connection (the
+    /// socket and the duplicate kept by `ws::session::ClientSocket`), plus a reserve.
+    pub fn open_files_needed(&self) -> u64 {
+        stk_relay_shared::limits::open_files_needed(self.max_connections, 2)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=60_000).contains(&self.send_timeout_ms) {
             return Err(ConfigError::Invalid(
@@ -452,5 +458,33 @@ passkey = "p"
         let bad = format!("{base}\n[reconcile]\nafter_secs = 600\n");
         let err = GatewaySettings::load_with(None, Some(&bad)).expect_err("after >= max_age");
         assert!(err.to_string().contains("reconcile.after_secs"), "{err}");
+    }
+
+    #[test]
+    fn server_backlog_defaults_to_4096_and_is_validated() {
+        let base = r#"
+[api]
+keys = ["a-merchant-api-key-0123456789"]
+[tokens]
+subscribe_secret = "subscribe-secret-0123456789abcdef0123"
+callback_secret = "callback-secret-0123456789abcdef01234"
+[callbacks]
+public_base_url = "https://cb.shop.test"
+[daraja]
+consumer_key = "k"
+consumer_secret = "s"
+passkey = "p"
+"#;
+        let s = GatewaySettings::load_with(None, Some(base)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.server.backlog, 4096);
+        assert_eq!(s.ws.open_files_needed(), 2 * 10_000 + 1024);
+        let with = |b: &str| format!("{base}\n[server]\nbacklog = {b}\n");
+        let s = GatewaySettings::load_with(None, Some(&with("65535")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.server.backlog, 65535);
+        for bad in ["0", "3000000000"] {
+            let err = GatewaySettings::load_with(None, Some(&with(bad))).expect_err(bad);
+            assert!(err.to_string().contains("server.backlog"), "{err}");
+        }
     }
 }

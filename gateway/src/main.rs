@@ -1,13 +1,15 @@
-//! `stk-relay-gateway`: load config, start telemetry, serve until SIGTERM.
+//! `stk-relay-gateway`: load config, start telemetry, raise the open-file limit, serve
+//! until SIGTERM.
 
 use stk_relay_gateway::{config::GatewaySettings, startup::Application};
 use stk_relay_shared::config::Settings as _;
-use stk_relay_shared::{shutdown::Shutdown, telemetry};
+use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = GatewaySettings::load()?;
     telemetry::init(&settings.telemetry);
+    limits::raise_open_files(settings.ws.open_files_needed());
     let shutdown = Shutdown::new();
     tokio::spawn(shutdown.clone().trigger_on_signals());
     let app = Application::build(settings, shutdown).await?;

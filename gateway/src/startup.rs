@@ -15,7 +15,7 @@
 //! broker is dropped.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -430,7 +430,7 @@ impl Application {
         backends: Backends,
     ) -> std::io::Result<Self> {
         let gateway = Gateway::build(settings.clone(), shutdown, backends).await?;
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let listener = stk_relay_shared::http::bind(&settings.server)?;
         let port = listener.local_addr()?.port();
         let metrics = MetricsServer::start(&settings.metrics, vec![gateway.metrics_collector()])?;
         let configure = gateway.configure();

@@ -322,6 +322,9 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How long a graceful shutdown may take before connections are dropped.
     pub shutdown_timeout_ms: u64,
+    /// Listen backlog: connections the kernel queues before they are accepted. The
+    /// kernel silently caps it at `net.core.somaxconn`; see [`crate::http::bind`].
+    pub backlog: u32,
     /// Proxies (CIDR blocks or addresses) whose `X-Forwarded-For` is believed; see
     /// [`crate::net::client_ip`].
     #[serde(default)]
@@ -352,6 +355,12 @@ impl ServerSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::net::parse_cidrs(&self.trusted_proxies)
             .map_err(|e| ConfigError::Invalid(format!("server.trusted_proxies: {e}")))?;
+        if self.backlog == 0 || i32::try_from(self.backlog).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "server.backlog must be between 1 and {}",
+                i32::MAX
+            )));
+        }
         Ok(())
     }
 }

@@ -1,12 +1,18 @@
-//! Edge helpers for the HTTP services (no handlers): a request span that never records
-//! secrets, a bounded body reader, and the server tuning both services share.
+//! Edge helpers for the HTTP services (no handlers): the listener, a request span that
+//! never records secrets, a bounded body reader, and the server tuning both services share.
+//!
+//! [`bind`] creates the listener with `server.backlog`. The services bind it themselves
+//! (so that `port = 0` works and the port is known before serving) and hand it to
+//! actix's `HttpServer::listen`, where actix's own `HttpServer::backlog` (default 1024)
+//! does not apply: it only affects sockets that actix binds. Rust's `TcpListener::bind`
+//! asks for 128. Whatever is asked, Linux caps the queue at `net.core.somaxconn`.
 //!
 //! The default `tracing-actix-web` span records the request target, which would put
 //! callback tokens (in the path) and subscribe tokens (in the query) into every log
 //! line. [`RedactedRootSpan`] records the matched route pattern instead, e.g.
 //! `/v1/callbacks/stk/{callback_token}`.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -23,6 +29,38 @@ use crate::config::ServerSettings;
 /// Longer than the idle timeout of common load balancers (60 s), so that the balancer,
 /// not the service, closes idle upstream connections.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+
+/// Binds `server.host:server.port` (port 0: a free one) and listens with a queue of
+/// `server.backlog` connections, capped by the kernel at `net.core.somaxconn`. Like
+/// `TcpListener::bind`: `SO_REUSEADDR`, and each resolved address tried in turn.
+pub fn bind(settings: &ServerSettings) -> std::io::Result<TcpListener> {
+    let backlog = i32::try_from(settings.backlog).unwrap_or(i32::MAX);
+    let mut last = None;
+    for addr in (settings.host.as_str(), settings.port).to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            #[cfg(unix)]
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(backlog)?;
+            Ok::<_, std::io::Error>(TcpListener::from(socket))
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("server.host {:?} resolves to no address", settings.host),
+        )
+    }))
+}
 
 /// Applies the settings both services share to an `HttpServer` and binds it to
 /// `listener`: no signal handling of actix's own (the services own their shutdown),
@@ -54,9 +92,29 @@ where
     Ok(server)
 }
 
-/// Root span per request: method, route pattern, request id, status. No target, no
-/// query string, no headers.
+/// Root span per request: method, route pattern, request id, status, and the payment's
+/// `checkout_request_id` once a route knows it ([`record_checkout_request_id`]). No
+/// target, no query string, no headers.
 pub struct RedactedRootSpan;
+
+/// The request's root span (`http_request` of [`RedactedRootSpan`]); a disabled span
+/// for a request not served through `TracingLogger`.
+pub fn request_span(req: &HttpRequest) -> Span {
+    req.extensions()
+        .get::<tracing_actix_web::RootSpan>()
+        .map(|root| Span::clone(root))
+        .unwrap_or_else(Span::none)
+}
+
+/// Records the payment a request is about as `checkout_request_id` on the current span
+/// and on the request's root span (`request`, from [`request_span`]). Then every line of
+/// the request carries it, also those written after the handler returned: the error
+/// line of a 5xx (written while actix turns the error into a response) and the root
+/// span's own "request failed".
+pub fn record_checkout_request_id(request: &Span, id: &str) {
+    Span::current().record("checkout_request_id", id);
+    request.record("checkout_request_id", id);
+}
 
 impl RootSpanBuilder for RedactedRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
@@ -74,6 +132,7 @@ impl RootSpanBuilder for RedactedRootSpan {
             http.route = %route,
             request_id = %request_id,
             http.status_code = tracing::field::Empty,
+            checkout_request_id = tracing::field::Empty,
         )
     }
 
@@ -126,4 +185,54 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    fn server(backlog: u32) -> ServerSettings {
+        ServerSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            workers: 1,
+            shutdown_timeout_ms: 1000,
+            backlog,
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// How many of `n` connections to a listener that never accepts complete their
+    /// handshake within a short bound.
+    fn queued(listener: &TcpListener, n: usize) -> usize {
+        let addr = listener.local_addr().expect("addr");
+        let mut open = Vec::new();
+        for _ in 0..n {
+            if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                open.push(c);
+            }
+        }
+        open.len()
+    }
+
+    /// Linux queues `backlog + 1` connections and drops the SYNs past that, so a tiny
+    /// backlog is visible from outside; Rust's own `TcpListener::bind` (128) would take
+    /// all of them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bind_listens_with_the_configured_backlog() {
+        let small = bind(&server(1)).expect("bind");
+        let n = queued(&small, 6);
+        assert!((1..=3).contains(&n), "{n} of 6 queued with backlog 1");
+        let default = bind(&server(4096)).expect("bind");
+        assert_eq!(queued(&default, 6), 6);
+    }
+
+    #[test]
+    fn bind_refuses_an_unresolvable_host() {
+        let mut s = server(16);
+        s.host = "no such host".into();
+        assert!(bind(&s).is_err());
+    }
 }

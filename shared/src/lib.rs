@@ -13,7 +13,8 @@
 //! - [`session_token`]: merchant-signed checkout session tokens of the compatibility routes.
 //! - [`compat`]: wire types of the Durable Objects compatibility routes.
 //! - [`net`]: CIDR lists and the client address behind trusted proxies.
-//! - [`http`]: edge helpers for the HTTP services: a redacting request span, bounded bodies.
+//! - [`http`]: edge helpers for the HTTP services: the listener, a redacting request span, bounded bodies.
+//! - [`limits`]: the open-file limit (`RLIMIT_NOFILE`) every service raises at start.
 //! - [`config`]: layered configuration loading and the shared settings sections.
 //! - [`telemetry`]: tracing set-up (text or JSON).
 //! - [`metrics`]: every Prometheus metric's name and labels, and the separate `/metrics` listener.
@@ -28,6 +29,7 @@ pub mod daraja;
 pub mod http;
 pub mod ids;
 pub mod keyspace;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod payment;

@@ -7,7 +7,10 @@
 use std::io::IsTerminal;
 
 use serde::Deserialize;
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -50,15 +53,24 @@ pub fn init(settings: &TelemetrySettings) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     let _ = result;
+}
+
+/// The JSON lines of `format = "json"`, written to `writer`: the event's fields at the
+/// top level, the current span's under `span` and every open span's under `spans`
+/// (where a request's `checkout_request_id` is). Tests capture the services' lines
+/// with it.
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_writer(writer)
 }

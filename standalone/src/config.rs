@@ -3,17 +3,17 @@
 //! prefix (`STK_RELAY__…`). `config/default.toml` holds the union of both services'
 //! defaults; a test checks that it lists every key of each.
 //!
-//! Loading happens in two passes. The first reads `[node]`, `[simulator]`, `[server]` and
-//! `[telemetry]`; the process then binds its port and starts the simulator. The second
-//! reads the gateway's and the ingest's settings with what the process has decided laid
-//! over the file (the simulator's address, generated secrets), and validates them as
-//! their own binaries would.
+//! Loading happens in two passes. The first reads `[node]`, `[simulator]`, `[server]`,
+//! `[ws]` and `[telemetry]`; the process then binds its port and starts the simulator.
+//! The second reads the gateway's and the ingest's settings with what the process has
+//! decided laid over the file (the simulator's address, generated secrets), and
+//! validates them as their own binaries would.
 
 use std::path::Path;
 
 use serde::Deserialize;
 use stk_relay_callback_ingest::config::IngestSettings;
-use stk_relay_gateway::config::GatewaySettings;
+use stk_relay_gateway::config::{GatewaySettings, WsSettings};
 use stk_relay_shared::config::{
     load_checked, ConfigError, RedisSettings, ServerSettings, Settings,
 };
@@ -61,6 +61,8 @@ pub struct StandaloneSettings {
     pub node: NodeSettings,
     pub simulator: SimulatorSettings,
     pub server: ServerSettings,
+    /// The gateway's `[ws]`, for the open-file limit its `max_connections` needs.
+    pub ws: WsSettings,
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
     pub metrics: MetricsSettings,
@@ -197,6 +199,19 @@ mod tests {
         .map(|s| (*s).to_owned())
         .collect();
         assert_eq!(own, expected);
+    }
+
+    #[test]
+    fn server_backlog_and_ws_cap_are_read_in_the_first_pass() {
+        let s = StandaloneSettings::load(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.server.backlog, 4096);
+        assert_eq!(s.ws.max_connections, 10_000);
+        let s = StandaloneSettings::load(None, Some("[server]\nbacklog = 512\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.server.backlog, 512);
+        let e =
+            StandaloneSettings::load(None, Some("[server]\nbacklog = 0\n")).expect_err("backlog 0");
+        assert!(e.to_string().contains("server.backlog"), "{e}");
     }
 
     #[test]

@@ -4,13 +4,14 @@
 use stk_relay::config::StandaloneSettings;
 use stk_relay::startup::Standalone;
 use stk_relay_shared::config::config_path_from_args;
-use stk_relay_shared::{shutdown::Shutdown, telemetry};
+use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let file = config_path_from_args(stk_relay::config::ENV_PREFIX);
     let settings = StandaloneSettings::load(file.as_deref(), None)?;
     telemetry::init(&settings.telemetry);
+    limits::raise_open_files(settings.ws.open_files_needed());
     let shutdown = Shutdown::new();
     tokio::spawn(shutdown.clone().trigger_on_signals());
     let app = Standalone::build(settings, file, shutdown).await?;

@@ -6,7 +6,6 @@
 //! Shutdown follows the gateway's sequence ([`Gateway::spawn_drain`], then
 //! [`Gateway::finish`]), then the simulator stops.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use actix_web::dev::Server;
@@ -82,7 +81,7 @@ impl Standalone {
         shutdown: Shutdown,
     ) -> std::io::Result<Self> {
         let file: Option<&Path> = file.as_deref();
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let listener = stk_relay_shared::http::bind(&settings.server)?;
         let port = listener.local_addr()?.port();
         let base_url = settings.server.local_url(port);
 

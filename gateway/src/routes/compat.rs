@@ -133,7 +133,8 @@ pub async fn initiate(
         tracing::info!("session token used again; refused");
         return Err(ApiError::SessionAlreadyStarted);
     }
-    let response = match send_push(&state, push).await {
+    let request = stk_relay_shared::http::request_span(&req);
+    let response = match send_push(&state, push, &request).await {
         Ok(r) => r,
         Err(f) => {
             if !f.may_have_pushed {

@@ -158,8 +158,11 @@ async fn pay(
         AccountReference::parse("DEMO")?,
         Some(TransactionDesc::parse("Demo checkout")?),
     );
-    let response = send_push(&state, push).await.map_err(|f| f.error)?;
-    tracing::Span::current().record("checkout_request_id", response.checkout_request_id.as_str());
+    let request = stk_relay_shared::http::request_span(&req);
+    // `send_push` records the payment's id on this span and the request's.
+    let response = send_push(&state, push, &request)
+        .await
+        .map_err(|f| f.error)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(response))

@@ -40,7 +40,10 @@ fn authorize(
 ) -> Result<CheckoutRequestId, ApiError> {
     let token = query_token(req)?;
     let id = CheckoutRequestId::parse(raw_id).map_err(|_| ApiError::PaymentNotFound)?;
-    tracing::Span::current().record("checkout_request_id", id.as_str());
+    stk_relay_shared::http::record_checkout_request_id(
+        &stk_relay_shared::http::request_span(req),
+        id.as_str(),
+    );
     require_payment_access(
         req,
         token.as_deref(),

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use stk_relay_shared::api::{PushRequest, PushResponse};
 use stk_relay_shared::daraja::client::StkPush;
 use stk_relay_shared::daraja::DarajaError;
+use stk_relay_shared::http::{record_checkout_request_id, request_span};
 use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
 };
@@ -99,6 +100,7 @@ pub async fn push(
 ) -> Result<HttpResponse, ApiError> {
     let client = require_api_key(&req, &state.api_keys)?;
     tracing::Span::current().record("client", client.id.as_str());
+    let request = request_span(&req);
     let idem_key = match req.headers().get("Idempotency-Key") {
         None => None,
         Some(v) => Some(v.to_str().ok().filter(|k| valid_key(k)).ok_or_else(|| {
@@ -109,7 +111,7 @@ pub async fn push(
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
     let push = ValidPush::parse(&body)?;
     let Some(idem_key) = idem_key else {
-        return send_push(&state, push)
+        return send_push(&state, push, &request)
             .await
             .map(|response| HttpResponse::Ok().json(response))
             .map_err(|f| f.error);
@@ -136,7 +138,7 @@ pub async fn push(
         (Begin::InProgress, _) => return Err(ApiError::IdempotencyInProgress),
     };
 
-    let result = initiate(&state, push).await;
+    let result = initiate(&state, push, &request).await;
 
     let idem = idem_action(rkey, request_hash, &result);
     match result {
@@ -182,8 +184,13 @@ fn reserve_slot(state: &AppState) -> Result<Slot, ApiError> {
 /// A push without an Idempotency-Key, from a validated request: `POST /v1/stk/push`
 /// without the header, and the compatibility initiate (`routes::compat`). It takes a
 /// pending-write slot, checks Redis, sends the push, and writes the pending record
-/// inline or queues it, exactly as every push does.
-pub(crate) async fn send_push(state: &AppState, push: ValidPush) -> Result<PushResponse, Failed> {
+/// inline or queues it, exactly as every push does. `request` is the request's root span
+/// (`shared::http::request_span`), which gets the payment's `checkout_request_id`.
+pub(crate) async fn send_push(
+    state: &AppState,
+    push: ValidPush,
+    request: &tracing::Span,
+) -> Result<PushResponse, Failed> {
     let slot = reserve_slot(state).map_err(Failed::before_push)?;
     // While Redis is down no push starts: the browser could not follow it. A Redis that
     // fails after this check is covered by the pending-write queue.
@@ -193,7 +200,7 @@ pub(crate) async fn send_push(state: &AppState, push: ValidPush) -> Result<PushR
         .ping()
         .await
         .map_err(|e| Failed::before_push(e.into()))?;
-    match initiate(state, push).await? {
+    match initiate(state, push, request).await? {
         Accepted {
             response,
             unwritten: Some(write),
@@ -319,7 +326,14 @@ impl Failed {
     }
 }
 
-async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed> {
+/// Sends the push and records it. Once Daraja has answered with a CheckoutRequestID,
+/// it is recorded on the current span and on `request` (the request's root span), so
+/// every later line of this request, a 5xx's included, names the payment.
+async fn initiate(
+    state: &AppState,
+    push: ValidPush,
+    request: &tracing::Span,
+) -> Result<Accepted, Failed> {
     let cb = state.callback_tokens.issue();
     let callback_url = format!(
         "{}/v1/callbacks/stk/{}",
@@ -385,7 +399,7 @@ async fn initiate(state: &AppState, push: ValidPush) -> Result<Accepted, Failed>
             "Daraja returned a bad MerchantRequestID: {e}"
         )))
     })?;
-    tracing::Span::current().record("checkout_request_id", checkout.as_str());
+    record_checkout_request_id(request, checkout.as_str());
 
     let now = Utc::now();
     let write = PendingWrite {
