@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian machine lacks (redis-server,
-# nginx, openssl, promtool, Node.js and npm, Debian's chromium, the browser tests' npm
+# redis-cli, nginx, openssl, promtool, Node.js and npm, Debian's chromium, the browser tests' npm
 # packages), then runs every test of the project. The tests start their own redis-server processes on free ports; the
 # machine's own Redis, if any, is neither needed nor touched. Browser tests drive
 # /usr/bin/chromium (override with CHROMIUM=<path>) through playwright-core.
@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The Redis Cluster tests form and reshard their cluster with redis-cli --cluster.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # nginx lives in /usr/sbin, which is not on every user's PATH; the tests run /usr/sbin/nginx
 # (or STK_E2E_NGINX) themselves, as an unprivileged-friendly process on free ports.
 if [ -z "${STK_E2E_NGINX:-}" ] && [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
