@@ -102,14 +102,19 @@ impl Idempotency {
             }
         };
         let mut conn = pool.get().await?;
-        let reply: Vec<String> = tokio::time::timeout(
-            pool.command_timeout(),
-            self.begin
+        // The claim is replicated before the push goes out (`redis.wait_replicas`): a
+        // failover must not forget it and let a retry send a second prompt.
+        let reply: Vec<String> = tokio::time::timeout(pool.command_timeout(), async {
+            let reply = self
+                .begin
                 .key(&rkey)
                 .arg(request_hash)
                 .arg(self.in_progress_ttl.as_secs().max(1))
-                .invoke_async(&mut conn),
-        )
+                .invoke_async(&mut conn)
+                .await?;
+            pool.replicated(&mut conn, &rkey).await?;
+            Ok::<_, StoreError>(reply)
+        })
         .await
         .map_err(|_| StoreError::timed_out())??;
         let mut it = reply.into_iter();
@@ -168,9 +173,12 @@ impl Idempotency {
             .ignore()
             .expire(rkey, self.ttl.max(self.in_progress_ttl).as_secs() as i64)
             .ignore();
-        tokio::time::timeout(pool.command_timeout(), pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| StoreError::timed_out())??;
+        tokio::time::timeout(pool.command_timeout(), async {
+            pipe.query_async::<()>(&mut conn).await?;
+            pool.replicated(&mut conn, rkey).await
+        })
+        .await
+        .map_err(|_| StoreError::timed_out())??;
         Ok(())
     }
 

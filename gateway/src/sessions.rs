@@ -71,6 +71,19 @@ impl SessionStore {
             .map_err(StoreError::from)
     }
 
+    /// A write, with `WAIT` for `redis.wait_replicas` replicas (see
+    /// [`stk_relay_shared::store::RedisPool::replicated`]).
+    async fn run_write<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        let Storage::Redis(pool) = &self.storage else {
+            return Err(StoreError::Protocol("not a Redis backend".into()));
+        };
+        pool.write(&cmd, key).await
+    }
+
     /// Claims `sid` for `ttl`. `false`: it was claimed before.
     pub async fn claim(&self, sid: &SessionId, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.keys.session(sid);
@@ -84,7 +97,7 @@ impl SessionStore {
             .arg("NX")
             .arg("EX")
             .arg(ttl.as_secs());
-        let set: Option<String> = self.run(cmd).await?;
+        let set: Option<String> = self.run_write(cmd, &key).await?;
         Ok(set.is_some())
     }
 
@@ -121,7 +134,7 @@ impl SessionStore {
                 .arg(initiated_json)
                 .arg("EX")
                 .arg(ttl.as_secs());
-            let _: String = self.run(cmd).await?;
+            let _: String = self.run_write(cmd, &key).await?;
         }
         if let Err(e) = broker
             .publish(&self.keys.session_channel(sid), initiated_json)

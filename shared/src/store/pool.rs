@@ -232,6 +232,23 @@ impl RedisPool {
         Ok(())
     }
 
+    /// Runs one write command on `key`, then [`RedisPool::replicated`], all within the
+    /// command timeout (checkout included).
+    pub async fn write<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.inner.command_timeout, async {
+            let mut conn = self.get().await?;
+            let reply: T = cmd.query_async(&mut conn).await?;
+            self.replicated(&mut conn, key).await?;
+            Ok(reply)
+        })
+        .await
+        .map_err(|_| StoreError::timed_out())?
+    }
+
     /// The bound on one command round trip (and on one checkout).
     pub fn command_timeout(&self) -> Duration {
         self.inner.command_timeout

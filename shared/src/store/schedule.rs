@@ -74,14 +74,16 @@ impl Schedule {
                 return Ok(());
             }
         };
-        let _: i64 = Self::cmd(
-            pool,
-            redis::cmd("ZADD")
-                .arg(self.keys.reconcile_due())
-                .arg(due_at.timestamp_millis())
-                .arg(id.as_str()),
-        )
-        .await?;
+        let due = self.keys.reconcile_due();
+        let _: i64 = pool
+            .write(
+                redis::cmd("ZADD")
+                    .arg(&due)
+                    .arg(due_at.timestamp_millis())
+                    .arg(id.as_str()),
+                &due,
+            )
+            .await?;
         Ok(())
     }
 
@@ -95,15 +97,17 @@ impl Schedule {
                 return Ok(());
             }
         };
-        let _: i64 = Self::cmd(
-            pool,
-            redis::cmd("ZADD")
-                .arg(self.keys.reconcile_due())
-                .arg("LT")
-                .arg(Utc::now().timestamp_millis())
-                .arg(id.as_str()),
-        )
-        .await?;
+        let due = self.keys.reconcile_due();
+        let _: i64 = pool
+            .write(
+                redis::cmd("ZADD")
+                    .arg(&due)
+                    .arg("LT")
+                    .arg(Utc::now().timestamp_millis())
+                    .arg(id.as_str()),
+                &due,
+            )
+            .await?;
         Ok(())
     }
 
