@@ -28,6 +28,9 @@
 //! `PING`) must be answered within the command timeout, or the connection is dropped
 //! and its channels move as above; `CLUSTER SLOTS` within the command timeout.
 //!
+//! A shard connection that no channel has used for [`IDLE_CLOSE`] is closed, so a node
+//! holds connections only to the shards its browsers wait on.
+//!
 //! The connections speak RESP2 through [`super::resp`], because redis-rs's pub/sub
 //! connection neither knows `ssubscribe` replies nor shows an unsolicited
 //! `sunsubscribe`. A node holds at most one subscriber connection per shard, whatever
@@ -55,6 +58,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often the task checks its bounds and its retries.
 const TICK: Duration = Duration::from_millis(50);
+/// A shard connection no channel has used for this long is closed: a node holds
+/// connections only to the shards its browsers wait on.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -94,6 +100,8 @@ struct Shard {
     pending: VecDeque<(Pending, Instant)>,
     up: bool,
     last_ping: Instant,
+    /// Since when no channel has used it.
+    idle_since: Option<Instant>,
 }
 
 enum Io {
@@ -392,6 +400,7 @@ impl ClusterTask {
                 pending: VecDeque::new(),
                 up: false,
                 last_ping: now,
+                idle_since: None,
             },
         );
         let io = ShardIo {
@@ -434,6 +443,15 @@ impl ClusterTask {
         let items = match frame {
             Frame::Array(Some(items)) => items,
             Frame::Error(e) => return self.on_error_reply(addr, e),
+            // A connection subscribed to nothing answers PING outside pub/sub's format.
+            Frame::Simple(s) if s.eq_ignore_ascii_case("pong") => {
+                if let Some(Pending::Ping(sent)) =
+                    self.pop_if(addr, |p| matches!(p, Pending::Ping(_)))
+                {
+                    crate::metrics::broker_probe(sent.elapsed());
+                }
+                return;
+            }
             other => {
                 tracing::debug!(shard = %addr, reply = ?other, "unexpected reply on a shard subscriber");
                 return;
@@ -714,9 +732,21 @@ impl ClusterTask {
         if (self.map_wanted || now >= self.map_due) && !self.map_asking {
             self.ask_map();
         }
-        // Bounds and liveness of every shard connection.
+        // Bounds and liveness of every shard connection; idle ones are closed.
+        let used: std::collections::HashSet<&Arc<str>> = self
+            .entries
+            .values()
+            .filter_map(|e| e.shard.as_ref())
+            .collect();
         let mut lost = Vec::new();
+        let mut idle = Vec::new();
         for (addr, shard) in self.shards.iter_mut() {
+            if used.contains(addr) || !shard.pending.is_empty() {
+                shard.idle_since = None;
+            } else if shard.idle_since.get_or_insert(now).elapsed() >= IDLE_CLOSE {
+                idle.push(addr.clone());
+                continue;
+            }
             if !shard.up {
                 continue; // The I/O task bounds the connect itself.
             }
@@ -733,6 +763,10 @@ impl ClusterTask {
                     shard.pending.push_back((Pending::Ping(now), now));
                 }
             }
+        }
+        for addr in idle {
+            tracing::debug!(shard = %addr, "closing an idle shard subscriber");
+            self.shards.remove(&addr);
         }
         for (addr, why) in lost {
             self.shard_lost(&addr, why, true);
