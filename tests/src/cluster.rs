@@ -58,8 +58,10 @@ pub struct ClusterOptions {
     /// Redis also listens for TLS (certificates made by `openssl` into the log dir), and
     /// every node reaches it by `rediss://` with the test CA and a client certificate.
     pub redis_tls: bool,
-    /// A replica and three sentinels join the Redis; every node runs in
-    /// `redis.mode = "sentinel"`.
+    /// Two replicas and three sentinels join the Redis; every node runs in
+    /// `redis.mode = "sentinel"`. With [`ClusterOptions::redis_tls`] too, everything is
+    /// TLS: replication, the addresses the sentinels monitor and name (the data nodes'
+    /// TLS ports), the sentinels' own port (`redis.sentinel_tls = true`).
     pub sentinel: bool,
     /// Every node runs in `redis.mode = "cluster"` against a Redis Cluster of three
     /// primaries, each with a replica ([`Cluster::redis_cluster`]), with
@@ -155,13 +157,16 @@ impl Cluster {
             RedisOptions {
                 persistent: opts.persistent_redis,
                 tls: tls.clone(),
+                // Sentinel over TLS: the replicas sync over TLS from this server, and it
+                // syncs over TLS from a promoted replica once Sentinel demotes it.
+                tls_replication: opts.sentinel && opts.redis_tls,
                 ..RedisOptions::default()
             },
         )
         .await
         .context("starting redis-server")?;
         let sentinel = if opts.sentinel {
-            Some(SentinelSet::start(&log_dir, &redis, 3).await?)
+            Some(SentinelSet::start(&log_dir, &redis, 3, tls.as_ref()).await?)
         } else {
             None
         };
@@ -756,8 +761,15 @@ fn redis_env(
     };
     match sentinel {
         Some(set) => {
-            // Only the scheme counts in sentinel mode: the sentinels name the host.
-            env.push(kv("URL", "redis://primary.invalid:6379"));
+            // Only the scheme counts in sentinel mode: the sentinels name the host (with
+            // TLS, the data nodes' TLS ports), and the sentinels speak TLS too.
+            match (tls, set.is_tls()) {
+                (Some(_), true) => {
+                    env.push(kv("URL", "rediss://primary.invalid:6379"));
+                    env.push(kv("SENTINEL_TLS", "true"));
+                }
+                _ => env.push(kv("URL", "redis://primary.invalid:6379")),
+            }
             env.push(kv("MODE", "sentinel"));
             env.push(kv("SENTINELS", &set.addrs()));
             env.push(kv("MASTER_NAME", MASTER_NAME));

@@ -43,6 +43,12 @@ pub struct RedisOptions {
     /// [`RedisOptions::tls`] the bus and replication use TLS too, the node presenting the
     /// client certificate when it connects to another node.
     pub cluster: bool,
+    /// With [`RedisOptions::tls`] and not a cluster node: `--tls-replication yes`,
+    /// presenting the client certificate. As a replica it then connects to its primary
+    /// over TLS (so [`RedisOptions::replica_of`] names the primary's TLS port) and
+    /// announces its own TLS port; any server may become a replica later (Sentinel
+    /// demotes an old primary), so a Sentinel-managed primary needs it too.
+    pub tls_replication: bool,
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by
@@ -372,6 +378,15 @@ impl RedisServer {
                     .arg("--tls-client-key-file")
                     .arg(&tls.client_key);
             }
+        }
+        if let (Some(tls), true, false) =
+            (&self.opts.tls, self.opts.tls_replication, self.opts.cluster)
+        {
+            cmd.args(["--tls-replication", "yes"])
+                .arg("--tls-client-cert-file")
+                .arg(&tls.client_cert)
+                .arg("--tls-client-key-file")
+                .arg(&tls.client_key);
         }
         if let Some(primary) = self.opts.replica_of {
             cmd.args(["--replicaof", "127.0.0.1"])

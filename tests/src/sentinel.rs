@@ -5,6 +5,16 @@
 //! `redis-server` runs as a sentinel with `--sentinel`.
 //!
 //! Failure detection is fast for tests: `down-after-milliseconds` 1000, quorum 2.
+//!
+//! With TLS files ([`SentinelSet::start`]'s `tls`, the primary started with
+//! [`RedisOptions::tls`] and [`RedisOptions::tls_replication`]) everything is TLS: the
+//! replicas sync from the primary's TLS port and announce their own, the sentinels
+//! monitor the primary's TLS port and reach every node and each other over TLS
+//! (`tls-replication yes`, presenting the client certificate), so every address they
+//! name is a TLS one, and they listen on a TLS port ([`SentinelSet::addrs`]) besides
+//! their plain one, which stays for the harness's own queries, as with
+//! [`RedisServer`]. Client certificates are optional (`tls-auth-clients optional`), as
+//! on the data nodes.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,7 +22,7 @@ use std::process::Stdio;
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::process::{Child, Command};
 
-use crate::redis_server::{free_port, RedisOptions, RedisServer};
+use crate::redis_server::{free_port, RedisOptions, RedisServer, TlsFiles};
 use crate::{wait, STEP};
 
 /// The name the sentinels monitor the primary under.
@@ -20,7 +30,10 @@ pub const MASTER_NAME: &str = "stk-e2e";
 
 /// One sentinel process.
 pub struct Sentinel {
+    /// The plain port (the harness's queries).
     pub port: u16,
+    /// The TLS port, when started with TLS files.
+    pub tls_port: Option<u16>,
     _child: Child,
 }
 
@@ -28,6 +41,7 @@ pub struct Sentinel {
 pub struct SentinelSet {
     pub replicas: Vec<RedisServer>,
     pub sentinels: Vec<Sentinel>,
+    tls: bool,
 }
 
 fn program() -> String {
@@ -36,16 +50,31 @@ fn program() -> String {
 
 impl SentinelSet {
     /// Starts two replicas of `primary` and `n` sentinels, and waits until the replicas
-    /// are in sync and every sentinel knows them and the other sentinels.
-    pub async fn start(log_dir: &Path, primary: &RedisServer, n: usize) -> Result<Self> {
+    /// are in sync and every sentinel knows them and the other sentinels. With `tls`
+    /// (the primary's certificates; it must have been started with them and with
+    /// [`RedisOptions::tls_replication`]) all of it is TLS, see the module comment.
+    pub async fn start(
+        log_dir: &Path,
+        primary: &RedisServer,
+        n: usize,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self> {
+        let primary_port = match tls {
+            Some(_) => primary
+                .tls_port()
+                .context("sentinel over TLS needs a primary with a TLS port")?,
+            None => primary.port(),
+        };
         let mut replicas = Vec::new();
         for i in 0..2 {
             replicas.push(
                 RedisServer::start(
                     log_dir,
                     RedisOptions {
-                        replica_of: Some(primary.port()),
+                        replica_of: Some(primary_port),
                         name: Some(format!("replica{i}")),
+                        tls: tls.cloned(),
+                        tls_replication: tls.is_some(),
                         ..RedisOptions::default()
                     },
                 )
@@ -56,7 +85,7 @@ impl SentinelSet {
         let mut sentinels = Vec::with_capacity(n);
         for i in 0..n {
             sentinels.push(
-                Sentinel::start(log_dir, i, primary.port())
+                Sentinel::start(log_dir, i, primary_port, tls)
                     .await
                     .with_context(|| format!("starting sentinel{i}"))?,
             );
@@ -64,22 +93,39 @@ impl SentinelSet {
         let set = Self {
             replicas,
             sentinels,
+            tls: tls.is_some(),
         };
-        set.wait_settled(primary.port()).await?;
+        set.wait_settled(primary_port).await?;
         Ok(set)
     }
 
-    /// `host:port,host:port,…` of the sentinels.
+    /// Whether everything is TLS (see the module comment).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The port of `server` that the sentinels monitor and name: its TLS port when the
+    /// set is TLS, else its plain port.
+    pub fn data_port(&self, server: &RedisServer) -> u16 {
+        match (self.tls, server.tls_port()) {
+            (true, Some(p)) => p,
+            _ => server.port(),
+        }
+    }
+
+    /// `host:port,host:port,…` of the sentinels, for the nodes: their TLS ports when
+    /// the set is TLS.
     pub fn addrs(&self) -> String {
         self.sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// Waits until every sentinel names `primary_port` as the primary, knows every replica
-    /// in sync and the other sentinels.
+    /// in sync and the other sentinels. (Ports as the sentinels name them:
+    /// [`SentinelSet::data_port`].)
     pub async fn wait_settled(&self, primary_port: u16) -> Result<()> {
         let others = self.sentinels.len().saturating_sub(1);
         let want = self.replicas.len();
@@ -162,22 +208,46 @@ fn field<'a>(flat: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 impl Sentinel {
-    async fn start(log_dir: &Path, i: usize, primary_port: u16) -> Result<Self> {
+    async fn start(
+        log_dir: &Path,
+        i: usize,
+        primary_port: u16,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self> {
         let port = free_port().await?;
+        let tls_port = match tls {
+            Some(_) => Some(free_port().await?),
+            None => None,
+        };
         let conf: PathBuf = log_dir.join(format!("sentinel{i}.conf"));
         let dir = log_dir.join(format!("sentinel{i}-data"));
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                 sentinel failover-timeout {MASTER_NAME} 10000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
-                dir = dir.display()
-            ),
-        )?;
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n",
+            dir = dir.display()
+        );
+        if let (Some(files), Some(tls_port)) = (tls, tls_port) {
+            // `tls-replication yes`: the sentinel connects to the data nodes and to the
+            // other sentinels over TLS, and announces its TLS port to them.
+            text.push_str(&format!(
+                "tls-port {tls_port}\n\
+                 tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-client-cert-file {}\ntls-client-key-file {}\n\
+                 tls-auth-clients optional\ntls-replication yes\n",
+                files.server_cert.display(),
+                files.server_key.display(),
+                files.ca_cert.display(),
+                files.client_cert.display(),
+                files.client_key.display(),
+            ));
+        }
+        text.push_str(&format!(
+            "sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 10000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n"
+        ));
+        std::fs::write(&conf, text)?;
         let log_path = log_dir.join(format!("sentinel{i}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -195,6 +265,7 @@ impl Sentinel {
             .context("spawning redis-server --sentinel")?;
         let s = Self {
             port,
+            tls_port,
             _child: child,
         };
         wait::until("sentinel PING", STEP, || async {
