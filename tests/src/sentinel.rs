@@ -4,7 +4,10 @@
 //! configurations, all on free ports of 127.0.0.1. No extra package: Debian's
 //! `redis-server` runs as a sentinel with `--sentinel`.
 //!
-//! Failure detection is fast for tests: `down-after-milliseconds` 1000, quorum 2.
+//! Failure detection is fast for tests: `down-after-milliseconds` 1000, quorum 2, and
+//! `failover-timeout` 2000: when the three sentinels split their votes (each notices
+//! the death at once and votes for itself), the next election comes after 4 s instead
+//! of the 20 s that the default would make, longer than the tests wait for a result.
 //!
 //! With TLS files ([`SentinelSet::start`]'s `tls`, the primary started with
 //! [`RedisOptions::tls`] and [`RedisOptions::tls_replication`]) everything is TLS: the
@@ -244,7 +247,7 @@ impl Sentinel {
         text.push_str(&format!(
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-             sentinel failover-timeout {MASTER_NAME} 10000\n\
+             sentinel failover-timeout {MASTER_NAME} 2000\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n"
         ));
         std::fs::write(&conf, text)?;
