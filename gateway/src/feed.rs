@@ -142,7 +142,9 @@ impl PaymentFeed {
                 return std::future::pending().await;
             }
             if self.needs_resync {
-                match self.store.get(&self.id).await {
+                // Boxed: the read is rare, and inline it would make every idle
+                // connection's session future larger by the size of a Redis round trip.
+                match Box::pin(self.store.get(&self.id)).await {
                     Ok(Some(state)) => {
                         self.needs_resync = false;
                         self.resync_failures = 0;

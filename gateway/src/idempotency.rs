@@ -60,7 +60,7 @@ pub struct Idempotency {
     keys: Keyspace,
     ttl: Duration,
     in_progress_ttl: Duration,
-    begin: Script,
+    begin: std::sync::Arc<Script>,
 }
 
 /// Checks the header value: 1 to 255 visible ASCII characters.
@@ -77,7 +77,7 @@ impl Idempotency {
             keys,
             ttl,
             in_progress_ttl,
-            begin: Script::new(BEGIN_LUA),
+            begin: std::sync::Arc::new(Script::new(BEGIN_LUA)),
         }
     }
 

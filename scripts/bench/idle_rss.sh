@@ -40,8 +40,8 @@ for n in "$@"; do
     GATEWAY__DARAJA__BASE_URL=http://127.0.0.1:$dp GATEWAY__DARAJA__CONSUMER_KEY=bench \
     GATEWAY__DARAJA__CONSUMER_SECRET=bench GATEWAY__DARAJA__PASSKEY=bench-passkey \
     GATEWAY__WS__MAX_CONNECTIONS=$((n + 1000)) GATEWAY__WS__MAX_CONNECTIONS_PER_IP=0 \
-    "$BIN/stk-relay-gateway" > "$WORK/gateway.log" 2>&1 & g=$!
-  wait_port "$ip"; wait_port "$gp"
+    ${GATEWAY_WRAPPER:-} "$BIN/stk-relay-gateway" > "$WORK/gateway.log" 2>&1 & g=$!
+  wait_port "$ip"; for _ in $(seq 300); do wait_port "$gp" && break; done
   sleep 1
   before=$(rss_kb "$g")
   rm -f "$WORK/ready" "$WORK/release"

@@ -6,6 +6,7 @@
 //! Reads return the STATE JSON exactly as stored and published, so the gateway can
 //! forward it without re-encoding.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -87,20 +88,22 @@ pub const MAX_EARLY_RECORDS: u32 = 4;
 pub struct PaymentStore {
     storage: Storage,
     keys: Keyspace,
-    script: Script,
+    /// Shared, not copied: every browser connection's feed holds a clone of the store,
+    /// and the script's text is 8 KiB.
+    script: Arc<Script>,
     ttl: Duration,
     early_ttl: Duration,
 }
 
 /// The payment script, publishing with `SPUBLISH` where pub/sub is sharded (Redis
 /// Cluster) and with `PUBLISH` elsewhere; otherwise the same text.
-fn payment_script(storage: &Storage) -> Script {
-    match storage {
+fn payment_script(storage: &Storage) -> Arc<Script> {
+    Arc::new(match storage {
         Storage::Redis(pool) if pool.topology().sharded_pubsub() => {
             Script::new(&PAYMENT_LUA.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
         }
         _ => Script::new(PAYMENT_LUA),
-    }
+    })
 }
 
 /// How long an early record (a callback that beat its pending write) is kept unless the

@@ -38,7 +38,7 @@ static SCHEDULE_LUA: &str = include_str!("schedule.lua");
 pub struct Schedule {
     storage: Storage,
     keys: Keyspace,
-    script: Script,
+    script: std::sync::Arc<Script>,
 }
 
 impl Schedule {
@@ -46,7 +46,7 @@ impl Schedule {
         Self {
             storage,
             keys,
-            script: Script::new(SCHEDULE_LUA),
+            script: std::sync::Arc::new(Script::new(SCHEDULE_LUA)),
         }
     }
 
