@@ -165,7 +165,8 @@ impl PaymentFeed {
                             self.resync_failures = 0;
                         } else {
                             let ms = 50u64 << self.resync_failures.min(4);
-                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)))
+                                .await;
                         }
                     }
                 }

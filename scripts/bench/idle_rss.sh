@@ -19,7 +19,7 @@ LG=${LOADGEN:-$ROOT/../shared/peers/loadgen/target/release/loadgen}
 [ -x "$BIN/stk-relay-gateway" ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP_LOGS:-}" ] && echo "logs in $WORK" >&2 || rm -rf "$WORK"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }

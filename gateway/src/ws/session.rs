@@ -157,6 +157,9 @@ struct Out {
 }
 
 /// Awaits one send, at most `timeout`. On expiry the connection is cut.
+/// Boxed by its callers: a send is rare in an idle connection's life, and inline its
+/// timer and channel futures would make every session future (one per connection) that
+/// much larger.
 async fn bounded<F>(
     timeout: Duration,
     socket: Option<&ClientSocket>,
@@ -186,17 +189,17 @@ where
 impl Out {
     async fn text(&mut self, text: String) -> Result<(), SendError> {
         let fut = self.session.text(text);
-        bounded(self.timeout, self.socket.as_ref(), "text", fut).await
+        Box::pin(bounded(self.timeout, self.socket.as_ref(), "text", fut)).await
     }
 
     async fn ping(&mut self) -> Result<(), SendError> {
         let fut = self.session.ping(b"");
-        bounded(self.timeout, self.socket.as_ref(), "ping", fut).await
+        Box::pin(bounded(self.timeout, self.socket.as_ref(), "ping", fut)).await
     }
 
     async fn pong(&mut self, bytes: &[u8]) -> Result<(), SendError> {
         let fut = self.session.pong(bytes);
-        bounded(self.timeout, self.socket.as_ref(), "pong", fut).await
+        Box::pin(bounded(self.timeout, self.socket.as_ref(), "pong", fut)).await
     }
 
     async fn close(self, reason: Option<CloseReason>) {
@@ -205,7 +208,13 @@ impl Out {
             timeout,
             socket,
         } = self;
-        let _ = bounded(timeout, socket.as_ref(), "close", session.close(reason)).await;
+        let _ = Box::pin(bounded(
+            timeout,
+            socket.as_ref(),
+            "close",
+            session.close(reason),
+        ))
+        .await;
     }
 }
 
