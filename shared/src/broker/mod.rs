@@ -138,6 +138,8 @@ impl Drop for Subscription {
     }
 }
 
-/// Capacity of each channel's local fan-out buffer. Channels carry one or two states in
-/// their life, so a receiver this far behind is stuck and is told to resync.
-pub const FANOUT_CAPACITY: usize = 16;
+/// Capacity of each channel's local fan-out buffer. A channel carries at most three
+/// states in its life (final, and a correction; a session channel one), so a receiver
+/// this far behind is stuck and is told to resync. Every held channel allocates this
+/// many slots: kept small, it is part of each idle connection's memory.
+pub const FANOUT_CAPACITY: usize = 4;
