@@ -3,7 +3,8 @@
 # gateway (release binaries), then N browsers from the neutral rig's load generator, each
 # with its own pending payment and subscription, connected and idle. Prints one JSON line
 # per N: the gateway's VmRSS before any client and with N clients, and the difference per
-# socket in KiB. Usage:
+# socket in KiB, and the gateway's Redis connections at both points (scenario e: they must
+# not grow with the clients). Usage:
 #
 #   cargo build --release --workspace --bins
 #   bash scripts/bench/idle_rss.sh 5000 10000 15000
@@ -24,6 +25,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEE
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+# Established TCP connections of process $1 to port $2.
+conns_to() { ss -Htnp state established "( dport = :$2 )" 2>/dev/null | grep -c "pid=$1," || true; }
 
 for n in "$@"; do
   rp=$(free_port); ip=$(free_port); gp=$(free_port); dp=$(free_port)
@@ -43,17 +46,22 @@ for n in "$@"; do
     ${GATEWAY_WRAPPER:-} "$BIN/stk-relay-gateway" > "$WORK/gateway.log" 2>&1 & g=$!
   wait_port "$ip"; for _ in $(seq 300); do wait_port "$gp" && break; done
   sleep 1
-  before=$(rss_kb "$g")
+  before=$(rss_kb "$g"); rconn_before=$(conns_to "$g" "$rp")
   rm -f "$WORK/ready" "$WORK/release"
-  "$LG" --adapter stkrelay --gateway "http://127.0.0.1:$gp" --api-key bench-api-key-0123456789 \
-    --daraja-listen "127.0.0.1:$dp" --match-substr PAYMENT_COMPLETED \
-    --clients "$n" --callbacks 0 --ramp-secs 10 --hold-secs 120 \
-    --ready-file "$WORK/ready" --release-file "$WORK/release" --label "idle$n" > "$WORK/lg.json" 2>"$WORK/lg.err" & l=$!
-  for _ in $(seq 300); do [ -f "$WORK/ready" ] && break; sleep 0.5; done
-  sleep 3
-  with=$(rss_kb "$g"); connected=$(cat "$WORK/ready" 2>/dev/null || echo 0)
-  touch "$WORK/release"; wait "$l" || true
-  python3 -c 'import json,sys; n,c,b,w=map(int,sys.argv[1:5]); print(json.dumps({"clients":n,"connected":c,"rss_before_kb":b,"rss_with_kb":w,"kib_per_socket":round((w-b)/max(c,1),2)}))' \
-    "$n" "$connected" "$before" "$with"
+  if [ "$n" -gt 0 ]; then
+    "$LG" --adapter stkrelay --gateway "http://127.0.0.1:$gp" --api-key bench-api-key-0123456789 \
+      --daraja-listen "127.0.0.1:$dp" --match-substr PAYMENT_COMPLETED \
+      --clients "$n" --callbacks 0 --ramp-secs 10 --hold-secs 120 \
+      --ready-file "$WORK/ready" --release-file "$WORK/release" --label "idle$n" > "$WORK/lg.json" 2>"$WORK/lg.err" & l=$!
+    for _ in $(seq 300); do [ -f "$WORK/ready" ] && break; sleep 0.5; done
+    sleep 3
+  else
+    echo 0 > "$WORK/ready"
+  fi
+  with=$(rss_kb "$g"); rconn_with=$(conns_to "$g" "$rp")
+  connected=$(cat "$WORK/ready" 2>/dev/null || echo 0)
+  touch "$WORK/release"; [ "$n" -gt 0 ] && { wait "$l" || true; }
+  python3 -c 'import json,sys; n,c,b,w,rb,rw=map(int,sys.argv[1:7]); print(json.dumps({"clients":n,"connected":c,"rss_before_kb":b,"rss_with_kb":w,"kib_per_socket":round((w-b)/max(c,1),2),"redis_conns_before":rb,"redis_conns_with":rw}))' \
+    "$n" "$connected" "$before" "$with" "$rconn_before" "$rconn_with"
   kill "$g" "$i" "$r" 2>/dev/null || true; wait "$g" "$i" "$r" 2>/dev/null || true
 done
