@@ -81,7 +81,11 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
+    // TCP_NODELAY on every accepted connection: a result frame is one small write, and
+    // Nagle's algorithm would hold it back while an earlier segment (a Ping, the previous
+    // response) waits for its delayed ACK. actix leaves the OS default (off) otherwise.
     let mut server = server
+        .tcp_nodelay(true)
         .listen(listener)?
         .disable_signals()
         .keep_alive(KEEP_ALIVE)
