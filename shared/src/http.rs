@@ -233,6 +233,45 @@ mod tests {
         assert_eq!(queued(&default, 6), 6);
     }
 
+    /// Every accepted connection has TCP_NODELAY: the server reports what it saw on its
+    /// side of the socket.
+    #[actix_web::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        use actix_web::{web, App, HttpMessage as _, HttpRequest, HttpResponse};
+        let listener = bind(&server(16)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let srv = configure(
+            HttpServer::new(|| {
+                App::new().route(
+                    "/",
+                    web::get().to(|req: HttpRequest| async move {
+                        let nodelay = req.conn_data::<bool>().copied();
+                        HttpResponse::Ok().body(format!("{nodelay:?}"))
+                    }),
+                )
+            })
+            .on_connect(|conn, ext| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    ext.insert(tcp.nodelay().unwrap_or(false));
+                }
+            }),
+            listener,
+            &server(16),
+        )
+        .expect("configure")
+        .run();
+        let handle = srv.handle();
+        actix_web::rt::spawn(srv);
+        let body = reqwest::get(format!("http://{addr}/"))
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        handle.stop(false).await;
+        assert_eq!(body, "Some(true)");
+    }
+
     #[test]
     fn bind_refuses_an_unresolvable_host() {
         let mut s = server(16);
