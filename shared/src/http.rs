@@ -237,7 +237,7 @@ mod tests {
     /// side of the socket.
     #[actix_web::test]
     async fn accepted_connections_have_tcp_nodelay() {
-        use actix_web::{web, App, HttpMessage as _, HttpRequest, HttpResponse};
+        use actix_web::{web, App, HttpRequest, HttpResponse};
         let listener = bind(&server(16)).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let srv = configure(
