@@ -60,6 +60,16 @@ fi
 
 cargo test --workspace --locked --no-fail-fast "$@"
 
+if [ "$#" -eq 0 ]; then
+  # The micro-benchmarks (shared/benches/), each run once and untimed (criterion's test
+  # mode): they build, and their steps still give the replies they measure. `--workspace`
+  # keeps the features of the build above, so nothing but the bench is compiled again (with
+  # `-p stk-relay-shared` actix-web loses `ws` and shared is rebuilt); `--bench` runs only
+  # the bench, where `--benches` would run shared's unit tests a second time.
+  echo "== micro-benchmarks, test mode"
+  cargo test --workspace --bench hot_path --locked
+fi
+
 if [ "$#" -eq 0 ] && [ -d clients/js/test ]; then
   echo "== browser client (node --test)"
   node --test clients/js/test/
