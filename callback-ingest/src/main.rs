@@ -5,9 +5,13 @@ use stk_relay_callback_ingest::{config::IngestSettings, startup::Application};
 use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = IngestSettings::load()?;
+    let runtime = settings.server.runtime()?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: IngestSettings) -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     // No cap on connections of its own: Daraja's callbacks are short requests.
     limits::raise_open_files(limits::MIN_OPEN_FILES);

@@ -5,9 +5,13 @@ use stk_relay_gateway::{config::GatewaySettings, startup::Application};
 use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = GatewaySettings::load()?;
+    let runtime = settings.server.runtime()?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: GatewaySettings) -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     limits::raise_open_files(settings.ws.open_files_needed());
     let shutdown = Shutdown::new();

@@ -84,15 +84,13 @@ where
     // TCP_NODELAY on every accepted connection: a result frame is one small write, and
     // Nagle's algorithm would hold it back while an earlier segment (a Ping, the previous
     // response) waits for its delayed ACK. actix leaves the OS default (off) otherwise.
-    let mut server = server
+    let server = server
         .tcp_nodelay(true)
         .listen(listener)?
         .disable_signals()
         .keep_alive(KEEP_ALIVE)
-        .shutdown_timeout(settings.shutdown_timeout().as_secs().max(1));
-    if settings.workers > 0 {
-        server = server.workers(settings.workers);
-    }
+        .shutdown_timeout(settings.shutdown_timeout().as_secs().max(1))
+        .workers(settings.effective_workers());
     Ok(server)
 }
 
