@@ -44,7 +44,7 @@ use crate::redis_server::{RedisOptions, RedisServer, TlsFiles};
 use crate::{wait, STEP};
 
 /// The number of hash slots of a Redis Cluster.
-pub const SLOTS: u16 = 16384;
+pub use stk_relay_shared::store::slot::SLOTS;
 
 /// The bound on a `redis-cli --cluster` run (create, reshard); it is killed after that.
 pub const REDIS_CLI_BOUND: Duration = Duration::from_secs(60);
@@ -132,35 +132,11 @@ pub fn parse_cluster_nodes(text: &str) -> Result<Vec<NodeEntry>> {
     Ok(out)
 }
 
-/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag — the part
-/// between the first `{` and the first `}` after it, when that is non-empty — or else of
-/// the whole key, modulo 16384.
+/// The Redis Cluster hash slot of `key`: the product's own rule
+/// (`stk_relay_shared::store::slot`), which the harness self-test checks against
+/// `CLUSTER KEYSLOT` of a real node.
 pub fn slot_of(key: &str) -> u16 {
-    let k = key.as_bytes();
-    let hashed = match k.iter().position(|&b| b == b'{') {
-        Some(open) => match k[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &k[open + 1..open + 1 + len],
-            _ => k,
-        },
-        None => k,
-    };
-    crc16_xmodem(hashed) % SLOTS
-}
-
-/// CRC16/XMODEM: polynomial 0x1021, initial value 0, no reflection.
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    stk_relay_shared::store::slot::of(key.as_bytes())
 }
 
 /// One client of `CLIENT LIST`: its `field=value` pairs.
@@ -767,21 +743,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc16_check_value() {
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
-    }
-
-    #[test]
     fn slots_of_known_keys() {
         // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(slot_of("foo"), 12182);
         assert_eq!(slot_of("bar"), 5061);
         assert_eq!(slot_of("hello"), 866);
         assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
-        assert_eq!(slot_of("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
         assert_eq!(slot_of("foo{{bar}}zap"), slot_of("{bar"));
         assert_eq!(slot_of("foo{bar}{zap}"), slot_of("bar"));
-        assert_eq!(slot_of("{"), crc16_xmodem(b"{") % SLOTS);
         assert_eq!(slot_of(""), 0);
     }
 

@@ -59,5 +59,7 @@ mod tests {
         assert_eq!(of(b"foo{bar}{zap}"), of(b"bar"));
         assert_eq!(of(b"stk:pay:{ws_CO_1}"), of(b"stk:pay:{ws_CO_1}:ch"));
         assert_eq!(of(b"stk:pay:{ws_CO_1}"), of(b"ws_CO_1"));
+        assert_eq!(of(b"{"), crc16_xmodem(b"{") % SLOTS);
+        assert_eq!(of(b""), 0);
     }
 }
