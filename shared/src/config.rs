@@ -539,12 +539,7 @@ impl RedisSettings {
         }
         match self.mode {
             RedisMode::Standalone => {
-                if !self.sentinels.is_empty() || !self.master_name.is_empty() {
-                    return Err(ConfigError::Invalid(
-                        "redis.sentinels and redis.master_name need redis.mode = \"sentinel\""
-                            .into(),
-                    ));
-                }
+                self.no_sentinel_keys()?;
                 self.no_cluster_nodes()?;
             }
             RedisMode::Sentinel => {
@@ -553,11 +548,7 @@ impl RedisSettings {
                         "redis.mode = \"sentinel\" needs redis.sentinels (host:port, ...)".into(),
                     ));
                 }
-                for s in &self.sentinels {
-                    parse_host_port(s).ok_or_else(|| {
-                        ConfigError::Invalid(format!("redis.sentinels: {s:?} is not host:port"))
-                    })?;
-                }
+                parse_host_ports("sentinels", &self.sentinels).map_err(ConfigError::Invalid)?;
                 if self.master_name.is_empty() {
                     return Err(ConfigError::Invalid(
                         "redis.mode = \"sentinel\" needs redis.master_name".into(),
@@ -578,20 +569,22 @@ impl RedisSettings {
                             .into(),
                     ));
                 }
-                for s in &self.cluster_nodes {
-                    parse_host_port(s).ok_or_else(|| {
-                        ConfigError::Invalid(format!("redis.cluster_nodes: {s:?} is not host:port"))
-                    })?;
-                }
-                if !self.sentinels.is_empty() || !self.master_name.is_empty() {
-                    return Err(ConfigError::Invalid(
-                        "redis.sentinels and redis.master_name need redis.mode = \"sentinel\""
-                            .into(),
-                    ));
-                }
+                parse_host_ports("cluster_nodes", &self.cluster_nodes)
+                    .map_err(ConfigError::Invalid)?;
+                self.no_sentinel_keys()?;
             }
         }
         Ok(())
+    }
+
+    fn no_sentinel_keys(&self) -> Result<(), ConfigError> {
+        if self.sentinels.is_empty() && self.master_name.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(
+                "redis.sentinels and redis.master_name need redis.mode = \"sentinel\"".into(),
+            ))
+        }
     }
 
     fn no_cluster_nodes(&self) -> Result<(), ConfigError> {
@@ -611,6 +604,14 @@ fn default_wait_replicas_timeout_ms() -> u64 {
 
 fn no_secret() -> SecretString {
     SecretString::from(String::new())
+}
+
+/// Every entry of the list under `redis.<key>` as `host:port` ([`parse_host_port`]), or
+/// an error naming the first that is not.
+pub fn parse_host_ports(key: &str, list: &[String]) -> Result<Vec<(String, u16)>, String> {
+    list.iter()
+        .map(|s| parse_host_port(s).ok_or_else(|| format!("redis.{key}: {s:?} is not host:port")))
+        .collect()
 }
 
 /// `host:port` (a bracketed IPv6 host allowed), port non-zero.

@@ -55,7 +55,7 @@ use tokio_rustls::rustls;
 use tokio::sync::watch;
 
 use super::pool::{configure_socket, Conn};
-use crate::config::{parse_host_port, RedisMode, RedisSettings};
+use crate::config::{parse_host_ports, RedisMode, RedisSettings};
 
 /// How a node finds its Redis primary and opens connections to it.
 #[derive(Clone)]
@@ -210,15 +210,8 @@ impl Topology {
         let mode = match settings.mode {
             RedisMode::Standalone => Mode::Standalone { host, port },
             RedisMode::Sentinel => {
-                let sentinels = settings
-                    .sentinels
-                    .iter()
-                    .map(|s| {
-                        parse_host_port(s).ok_or_else(|| {
-                            TopologyError(format!("redis.sentinels: {s:?} is not host:port"))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let sentinels =
+                    parse_host_ports("sentinels", &settings.sentinels).map_err(TopologyError)?;
                 let password = settings.sentinel_password.expose_secret();
                 Mode::Sentinel {
                     sentinels,
@@ -236,15 +229,8 @@ impl Topology {
                         "redis.url: Redis Cluster has database 0 only".into(),
                     ));
                 }
-                let seeds = settings
-                    .cluster_nodes
-                    .iter()
-                    .map(|s| {
-                        parse_host_port(s).ok_or_else(|| {
-                            TopologyError(format!("redis.cluster_nodes: {s:?} is not host:port"))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let seeds = parse_host_ports("cluster_nodes", &settings.cluster_nodes)
+                    .map_err(TopologyError)?;
                 if seeds.is_empty() {
                     return Err(TopologyError(
                         "redis.mode = \"cluster\" needs redis.cluster_nodes".into(),
