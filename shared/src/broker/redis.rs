@@ -119,15 +119,6 @@ impl RedisBroker {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let channels = Arc::new(AtomicUsize::new(0));
-        let (resync_tx, _) = watch::channel(0u64);
-        let node_id = {
-            use rand::RngCore;
-            let mut raw = [0u8; 8];
-            rand::thread_rng().fill_bytes(&mut raw);
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
-        let probe_channel: Arc<str> =
-            Arc::from(Keyspace::new(settings.key_prefix.clone()).node_probe_channel(&node_id));
         if topology.sharded_pubsub() {
             let task = super::cluster::ClusterTask::new(
                 pool.clone(),
@@ -139,34 +130,36 @@ impl RedisBroker {
                 channels.clone(),
             );
             tokio::spawn(task.run());
-            return Ok(Self {
-                cmd_tx,
-                connected,
-                channels,
-                subscribe_timeout: settings.connect_timeout() + settings.command_timeout(),
-                pool,
-            });
+        } else {
+            let node_id = {
+                use rand::RngCore;
+                let mut raw = [0u8; 8];
+                rand::thread_rng().fill_bytes(&mut raw);
+                raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            let probe_channel: Arc<str> =
+                Arc::from(Keyspace::new(settings.key_prefix.clone()).node_probe_channel(&node_id));
+            let task = Task {
+                pool: pool.clone(),
+                probe_channel,
+                probe_seq: 0,
+                probe_outstanding: None,
+                topology,
+                connect_timeout: settings.connect_timeout(),
+                command_timeout: settings.command_timeout(),
+                refusing: false,
+                cmd_tx: cmd_tx.clone(),
+                cmd_rx,
+                internal: mpsc::unbounded_channel(),
+                entries: HashMap::new(),
+                sink: None,
+                generation: 0,
+                connected: connected.clone(),
+                channels: channels.clone(),
+                resync: watch::channel(0u64).0,
+            };
+            tokio::spawn(task.run());
         }
-        let task = Task {
-            pool: pool.clone(),
-            probe_channel,
-            probe_seq: 0,
-            probe_outstanding: None,
-            topology,
-            connect_timeout: settings.connect_timeout(),
-            command_timeout: settings.command_timeout(),
-            refusing: false,
-            cmd_tx: cmd_tx.clone(),
-            cmd_rx,
-            internal: mpsc::unbounded_channel(),
-            entries: HashMap::new(),
-            sink: None,
-            generation: 0,
-            connected: connected.clone(),
-            channels: channels.clone(),
-            resync: resync_tx,
-        };
-        tokio::spawn(task.run());
         Ok(Self {
             cmd_tx,
             connected,
