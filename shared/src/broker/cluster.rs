@@ -58,9 +58,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often the task checks its bounds and its retries.
 const TICK: Duration = Duration::from_millis(50);
-/// How often the task walks every channel: readiness, and which shard connections are
-/// idle. Per event it would cost a walk over every held channel for every message.
-const SWEEP: Duration = Duration::from_secs(1);
 /// A shard connection no channel has used for this long is closed: a node holds
 /// connections only to the shards its browsers wait on.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
@@ -201,8 +198,6 @@ pub(super) struct ClusterTask {
     map_not_before: Instant,
     map_due: Instant,
     map_ok: bool,
-    /// When the next walk over every channel is due ([`SWEEP`]).
-    next_sweep: Instant,
     backoff: Duration,
     generation: u64,
     connected: Arc<AtomicBool>,
@@ -238,7 +233,6 @@ impl ClusterTask {
             map_not_before: now,
             map_due: now,
             map_ok: false,
-            next_sweep: now,
             backoff: Duration::ZERO,
             generation: 0,
             connected,
@@ -261,16 +255,14 @@ impl ClusterTask {
                 },
                 _ = tick.tick() => self.on_tick(),
             }
-            self.channels.store(self.entries.len(), Ordering::Relaxed);
+            self.publish_status();
         }
         self.connected.store(false, Ordering::Relaxed);
         tracing::debug!("redis cluster subscriber task stopped");
     }
 
-    /// Readiness: the last map refresh succeeded and every held channel has a shard. A
-    /// walk over every channel, so it runs after a map refresh and once per [`SWEEP`],
-    /// not per event.
-    fn publish_connected(&self) {
+    fn publish_status(&self) {
+        self.channels.store(self.entries.len(), Ordering::Relaxed);
         let placed = self
             .entries
             .values()
@@ -634,7 +626,6 @@ impl ClusterTask {
         });
         self.fail_backoff();
         self.map_wanted = true;
-        self.publish_connected();
     }
 
     fn want_map_now(&mut self) {
@@ -734,7 +725,6 @@ impl ClusterTask {
                 });
             }
         }
-        self.publish_connected();
     }
 
     fn on_tick(&mut self) {
@@ -742,28 +732,20 @@ impl ClusterTask {
         if (self.map_wanted || now >= self.map_due) && !self.map_asking {
             self.ask_map();
         }
-        // Bounds and liveness of every shard connection; on a sweep, idle ones are
-        // closed.
-        let sweep = now >= self.next_sweep;
-        if sweep {
-            self.next_sweep = now + SWEEP;
-        }
-        let used: Option<std::collections::HashSet<&Arc<str>>> = sweep.then(|| {
-            self.entries
-                .values()
-                .filter_map(|e| e.shard.as_ref())
-                .collect()
-        });
+        // Bounds and liveness of every shard connection; idle ones are closed.
+        let used: std::collections::HashSet<&Arc<str>> = self
+            .entries
+            .values()
+            .filter_map(|e| e.shard.as_ref())
+            .collect();
         let mut lost = Vec::new();
         let mut idle = Vec::new();
         for (addr, shard) in self.shards.iter_mut() {
-            if let Some(used) = &used {
-                if used.contains(addr) || !shard.pending.is_empty() {
-                    shard.idle_since = None;
-                } else if shard.idle_since.get_or_insert(now).elapsed() >= IDLE_CLOSE {
-                    idle.push(addr.clone());
-                    continue;
-                }
+            if used.contains(addr) || !shard.pending.is_empty() {
+                shard.idle_since = None;
+            } else if shard.idle_since.get_or_insert(now).elapsed() >= IDLE_CLOSE {
+                idle.push(addr.clone());
+                continue;
             }
             if !shard.up {
                 continue; // The I/O task bounds the connect itself.
@@ -788,9 +770,6 @@ impl ClusterTask {
         }
         for (addr, why) in lost {
             self.shard_lost(&addr, why, true);
-        }
-        if sweep {
-            self.publish_connected();
         }
     }
 }
