@@ -61,6 +61,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// A shard connection no channel has used for this long is closed: a node holds
 /// connections only to the shards its browsers wait on.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// For this long after a shard sent a slot's channels away (an unsolicited
+/// `sunsubscribe`), a slot map that still names that shard for the slot is taken as
+/// stale: the node that answered `CLUSTER SLOTS` has not heard of the change yet.
+const EVICTED_TRUST: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -190,6 +194,9 @@ pub(super) struct ClusterTask {
     entries: HashMap<Arc<str>, Entry>,
     shards: HashMap<Arc<str>, Shard>,
     map: Option<SlotMap>,
+    /// Slots whose shard sent their channels away, with that shard and when: see
+    /// [`EVICTED_TRUST`].
+    evicted: HashMap<u16, (Arc<str>, Instant)>,
     /// A refresh is in flight.
     map_asking: bool,
     /// A refresh is needed (a channel must find its shard).
@@ -228,6 +235,7 @@ impl ClusterTask {
             entries: HashMap::new(),
             shards: HashMap::new(),
             map: None,
+            evicted: HashMap::new(),
             map_asking: false,
             map_wanted: true,
             map_not_before: now,
@@ -340,6 +348,17 @@ impl ClusterTask {
             self.map_wanted = true;
             return;
         };
+        if self
+            .evicted
+            .get(&entry.slot)
+            .is_some_and(|(by, at)| *by == owner && at.elapsed() < EVICTED_TRUST)
+        {
+            // The shard that just sent this slot away: the map is stale. A demoted
+            // primary would even accept the SSUBSCRIBE (as its new primary's replica)
+            // before that primary forwards it the shard's messages.
+            self.map_wanted = true;
+            return;
+        }
         if !self.shards.contains_key(&owner) {
             self.open_shard(owner.clone());
         }
@@ -355,6 +374,7 @@ impl ClusterTask {
         shard
             .pending
             .push_back((Pending::Sub(channel.clone()), Instant::now()));
+        tracing::trace!(shard = %owner, channel = %channel, "SSUBSCRIBE sent");
         if let Some(entry) = self.entries.get_mut(channel) {
             entry.state = State::Subscribing;
             entry.shard = Some(owner);
@@ -362,29 +382,52 @@ impl ClusterTask {
     }
 
     fn unsubscribe(&mut self, channel: &Arc<str>) {
+        if self.send_unsubscribe(channel) {
+            if let Some(entry) = self.entries.get_mut(channel) {
+                entry.state = State::Unsubscribing;
+            }
+        } else {
+            self.entries.remove(channel);
+        }
+    }
+
+    /// Sends `SUNSUBSCRIBE` for a channel on its shard; false if it has no live shard.
+    fn send_unsubscribe(&mut self, channel: &Arc<str>) -> bool {
+        let Some(shard) = self
+            .entries
+            .get(channel)
+            .and_then(|e| e.shard.as_ref())
+            .and_then(|s| self.shards.get_mut(s))
+        else {
+            return false;
+        };
+        let cmd = redis::cmd("SUNSUBSCRIBE")
+            .arg(channel.as_ref())
+            .get_packed_command();
+        if shard.writer.send(cmd).is_err() {
+            return false;
+        }
+        shard
+            .pending
+            .push_back((Pending::Unsub(channel.clone()), Instant::now()));
+        true
+    }
+
+    /// Moves a held channel off a shard that the newest slot map says is not its
+    /// slot's primary: `SUNSUBSCRIBE` there, then (on the confirmation) `SSUBSCRIBE` on
+    /// the owner, and a resync of its holders once that is confirmed.
+    fn relocate(&mut self, channel: &Arc<str>) {
+        let sent = self.send_unsubscribe(channel);
         let Some(entry) = self.entries.get_mut(channel) else {
             return;
         };
-        let sent = entry
-            .shard
-            .as_ref()
-            .and_then(|s| self.shards.get_mut(s))
-            .is_some_and(|shard| {
-                let cmd = redis::cmd("SUNSUBSCRIBE")
-                    .arg(channel.as_ref())
-                    .get_packed_command();
-                let ok = shard.writer.send(cmd).is_ok();
-                if ok {
-                    shard
-                        .pending
-                        .push_back((Pending::Unsub(channel.clone()), Instant::now()));
-                }
-                ok
-            });
+        entry.missed = true;
         if sent {
             entry.state = State::Unsubscribing;
         } else {
-            self.entries.remove(channel);
+            entry.state = State::Unplaced;
+            entry.shard = None;
+            self.place(channel);
         }
     }
 
@@ -512,6 +555,11 @@ impl ClusterTask {
     }
 
     fn on_subscribed(&mut self, addr: &Arc<str>, channel: &Arc<str>) {
+        let Some(slot) = self.entries.get(channel).map(|e| e.slot) else {
+            return;
+        };
+        let owner = self.map.as_ref().and_then(|m| m.owner(slot));
+        let elsewhere = owner.is_some_and(|o| o != addr);
         let Some(entry) = self.entries.get_mut(channel) else {
             return;
         };
@@ -519,6 +567,13 @@ impl ClusterTask {
             return;
         }
         entry.state = State::Active;
+        if elsewhere && entry.refs > 0 {
+            // The map changed while the SSUBSCRIBE was on its way (a failover: this
+            // node may now be a replica that its new primary does not yet forward the
+            // shard's messages to). The waiters are answered once it is on the owner.
+            self.relocate(channel);
+            return;
+        }
         if entry.missed {
             entry.missed = false;
             entry.resync.send_modify(|v| *v += 1);
@@ -545,13 +600,15 @@ impl ClusterTask {
         }
         if !asked && entry.state != State::Unsubscribing {
             // The channel's slot moved away from this shard.
-            tracing::info!(shard = %addr, slot = entry.slot, "a channel's slot moved; following it");
+            tracing::debug!(shard = %addr, slot = entry.slot, "a channel's slot moved; following it");
             crate::metrics::broker_reconnect(crate::metrics::ReconnectReason::ConnectionLost);
             if entry.state == State::Active {
                 entry.missed = true;
             }
             entry.state = State::Unplaced;
             entry.shard = None;
+            let slot = entry.slot;
+            self.evicted.insert(slot, (addr.clone(), Instant::now()));
             self.want_map_now();
             return;
         }
@@ -671,8 +728,34 @@ impl ClusterTask {
         self.map_asking = false;
         match map {
             Ok(map) => {
+                self.evicted.retain(|slot, (by, at)| {
+                    at.elapsed() < EVICTED_TRUST && map.owner(*slot) == Some(by)
+                });
+                // Held channels on a shard that is no longer their slot's primary
+                // (one that a stale map had named) move to the owner.
+                let misplaced: Vec<Arc<str>> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.state == State::Active
+                            && e.refs > 0
+                            && map
+                                .owner(e.slot)
+                                .is_some_and(|o| e.shard.as_ref() != Some(o))
+                    })
+                    .map(|(c, _)| c.clone())
+                    .collect();
                 self.map = Some(map);
                 self.map_ok = true;
+                if !misplaced.is_empty() {
+                    tracing::info!(
+                        channels = misplaced.len(),
+                        "channels not on their slot's primary; moving them"
+                    );
+                }
+                for channel in &misplaced {
+                    self.relocate(channel);
+                }
                 let unplaced: Vec<Arc<str>> = self
                     .entries
                     .iter()
@@ -682,7 +765,19 @@ impl ClusterTask {
                 for channel in &unplaced {
                     self.place(channel);
                 }
-                if self.entries.values().all(|e| e.state != State::Unplaced) {
+                let waiting = self
+                    .entries
+                    .values()
+                    .filter(|e| e.state == State::Unplaced)
+                    .count();
+                if unplaced.len() > waiting {
+                    tracing::info!(
+                        channels = unplaced.len() - waiting,
+                        still_unplaced = waiting,
+                        "channels sent to their slots' primaries"
+                    );
+                }
+                if waiting == 0 {
                     self.backoff = Duration::ZERO;
                 } else {
                     self.fail_backoff();
