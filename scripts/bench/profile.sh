@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Where the CPU goes in one of the rig's scenarios against stk-relay (issue 9, "find the
+# cost before you cut it"). Runs ../shared/peers/run.sh for stk-relay alone with one
+# scenario, waits until the callbacks start (Redis's EVALSHA count rises), then over the
+# callback window:
+#   - CPU time of every process (utime + stime from /proc/<pid>/stat, before and after):
+#     the load generator, both ingests, both gateways and Redis, per callback;
+#   - `perf record` (DWARF call graphs) of the four stk-relay processes, folded with
+#     inferno into one flame graph per kind of process, and the top self-time symbols.
+# Usage (release binaries built, the rig's loadgen built, perf and inferno installed):
+#
+#   SCENARIO=b bash scripts/bench/profile.sh         # 10k sockets, 1,000 callbacks/s
+#   SCENARIO=d SAT_RATES=8000 bash scripts/bench/profile.sh   # one saturation step
+#
+# Output: target/bench/profile-<scenario>-<time>/{cpu.json, gateway.svg, ingest.svg,
+# gateway.top.txt, ingest.top.txt, rig.log}. WINDOW (seconds, default 8; d's steps are
+# shorter: 16,000 / rate seconds) bounds the recording. Needs: perf (linux-perf),
+# inferno-collapse-perf and inferno-flamegraph (cargo install inferno), redis-cli.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
+SCENARIO=${SCENARIO:-b}
+WINDOW=${WINDOW:-8}
+if [ "$SCENARIO" = d ]; then
+  rate=${SAT_RATES:-8000}; rate=${rate%% *}
+  w=$(( 16000 / rate )); [ "$w" -lt 1 ] && w=1; [ "$w" -lt "$WINDOW" ] && WINDOW=$w
+fi
+OUT=$ROOT/target/bench/profile-$SCENARIO-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+for t in perf inferno-collapse-perf inferno-flamegraph redis-cli; do
+  command -v "$t" >/dev/null || { echo "profile.sh: $t is missing" >&2; exit 1; }
+done
+
+RESULTS=$OUT/rig.jsonl STK_RELAY_DIR=$ROOT REPS=1 SCENARIOS=$SCENARIO \
+  bash "$PEERS_DIR/run.sh" stk-relay > "$OUT/rig.log" 2>&1 &
+RIG=$!
+trap 'kill $RIG 2>/dev/null || true' EXIT
+
+evalsha() {
+  redis-cli -p 6393 info commandstats 2>/dev/null | tr -d '\r' |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | head -1
+}
+cpu_ticks() { # utime + stime of a pid, in clock ticks
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# The callbacks have started when Redis runs EVALSHAs faster than the pushes did: wait
+# for the count to rise by 200 within 0.2 s (bounded: 180 s).
+deadline=$((SECONDS + 180)); prev=""
+while :; do
+  [ $SECONDS -lt $deadline ] || { echo "profile.sh: the callbacks never started" >&2; exit 1; }
+  kill -0 $RIG 2>/dev/null || { echo "profile.sh: the rig ended first; see $OUT/rig.log" >&2; exit 1; }
+  cur=$(evalsha); cur=${cur:-0}
+  if [ -n "$prev" ] && [ $((cur - prev)) -ge 200 ] && pgrep -f 'loadgen/target/release/loadgen' >/dev/null; then
+    break
+  fi
+  prev=$cur; sleep 0.2
+done
+
+declare -A PIDS
+PIDS[loadgen]=$(pgrep -f 'loadgen/target/release/loadgen' | head -1)
+PIDS[redis]=$(pgrep -f 'redis-server.*:6393' | head -1)
+i=0; for p in $(pgrep -f "$ROOT/target/release/stk-relay-callback-ingest"); do PIDS[ingest$i]=$p; i=$((i+1)); done
+i=0; for p in $(pgrep -f "$ROOT/target/release/stk-relay-gateway"); do PIDS[gateway$i]=$p; i=$((i+1)); done
+servers=$(for k in ingest0 ingest1 gateway0 gateway1; do echo -n "${PIDS[$k]:-},"; done); servers=${servers%,}
+
+declare -A T0
+for k in "${!PIDS[@]}"; do T0[$k]=$(cpu_ticks "${PIDS[$k]}"); done
+e0=$(evalsha); t0=$(date +%s.%N)
+perf record -q -F 499 --call-graph dwarf,16384 -p "$servers" -o "$OUT/perf.data" -- sleep "$WINDOW" 2>"$OUT/perf.err" || true
+e1=$(evalsha); t1=$(date +%s.%N)
+declare -A T1
+for k in "${!PIDS[@]}"; do T1[$k]=$(cpu_ticks "${PIDS[$k]}"); done
+
+HZ=$(getconf CLK_TCK)
+{
+  echo -n "{\"scenario\":\"$SCENARIO\",\"window_s\":$(echo "$t1 - $t0" | bc),\"evalsha\":$((e1 - e0)),\"cpu_ms\":{"
+  first=1
+  for k in $(echo "${!PIDS[@]}" | tr ' ' '\n' | sort); do
+    [ $first = 1 ] || echo -n ","; first=0
+    echo -n "\"$k\":$(( (T1[$k] - T0[$k]) * 1000 / HZ ))"
+  done
+  echo "}}"
+} > "$OUT/cpu.json"
+cat "$OUT/cpu.json"
+
+wait $RIG || true
+trap - EXIT
+
+for kind in gateway ingest; do
+  pids=$(for k in "${!PIDS[@]}"; do [[ $k == $kind* ]] && echo -n "${PIDS[$k]},"; done); pids=${pids%,}
+  perf script -i "$OUT/perf.data" --pid "$pids" 2>/dev/null | inferno-collapse-perf > "$OUT/$kind.folded" || true
+  inferno-flamegraph --title "stk-relay $kind, scenario $SCENARIO" < "$OUT/$kind.folded" > "$OUT/$kind.svg" || true
+  perf report -i "$OUT/perf.data" --pid "$pids" --no-children -g none --percent-limit 0.7 --sort dso,symbol --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -40 > "$OUT/$kind.top.txt" || true
+done
+grep -h '"scenario"' "$OUT/rig.jsonl" | tail -1 || true
+echo "profile: $OUT"
