@@ -43,7 +43,7 @@ struct Shown {
     checkout_request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<PaymentState>,
-    /// When reconciliation next queries it (the due set's score), if scheduled.
+    /// While PENDING: when reconciliation next queries it (the due set's score).
     #[serde(skip_serializing_if = "Option::is_none")]
     next_query_at: Option<DateTime<Utc>>,
 }
@@ -60,12 +60,14 @@ pub async fn show(s: &GatewaySettings, raw_id: &str) -> Result<Report, AdminErro
         Duration::from_secs(s.payments.ttl_secs.max(1)),
     );
     let state = store.get(&id).await?.map(|j| parse_state(&j)).transpose()?;
+    // A final payment may linger in the due set until reconciliation drops it: its
+    // score means nothing then.
     let next_query_at = match &state {
-        Some(_) => Schedule::new(storage, keys.clone())
+        Some(st) if st.status == PaymentStatus::Pending => Schedule::new(storage, keys.clone())
             .due_at(&id)
             .await?
             .and_then(ms_to_time),
-        None => None,
+        _ => None,
     };
     let shown = Shown {
         found: state.is_some(),

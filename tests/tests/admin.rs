@@ -180,7 +180,8 @@ async fn admin_reads_payments_spool_and_checks_the_node() -> Result<()> {
             && st["resultCode"] == 0
             && st["resultSource"] == "CALLBACK"
             && st["version"] == 2
-            && st["completedAt"].is_string(),
+            && st["completedAt"].is_string()
+            && j.get("nextQueryAt").is_none(),
         "completed payment: {j}"
     );
 
