@@ -3,6 +3,7 @@
 //! wrote: a completed and a pending payment, the pending list, an ingest's spool (empty,
 //! then holding a callback spooled while Redis was down), and `doctor` on the test
 //! configuration (plain-http callback URL: FAIL with its fix; Redis and OAuth: PASS).
+//! The same reads then run against a Redis Cluster (`redis.mode = "cluster"`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,10 +36,18 @@ impl Drop for TempDir {
     }
 }
 
-/// The environment a gateway of `c` runs with (the harness's gateway settings).
+/// The environment a gateway of `c` runs with (the harness's gateway settings): its
+/// Redis Cluster when it has one, else its one redis-server.
 fn gateway_env(c: &Cluster) -> Vec<(String, String)> {
-    vec![
-        kv("GATEWAY__REDIS__URL", &c.redis.url()),
+    let redis = match &c.redis_cluster {
+        Some(set) => vec![
+            kv("GATEWAY__REDIS__URL", "redis://cluster.invalid:6379"),
+            kv("GATEWAY__REDIS__MODE", "cluster"),
+            kv("GATEWAY__REDIS__CLUSTER_NODES", &set.seeds()),
+        ],
+        None => vec![kv("GATEWAY__REDIS__URL", &c.redis.url())],
+    };
+    let rest = vec![
         kv("GATEWAY__REDIS__KEY_PREFIX", &c.key_prefix),
         kv("GATEWAY__API__KEYS", &c.api_key),
         kv("GATEWAY__TOKENS__SUBSCRIBE_SECRET", &c.subscribe_secret),
@@ -49,7 +58,8 @@ fn gateway_env(c: &Cluster) -> Vec<(String, String)> {
         kv("GATEWAY__DARAJA__CONSUMER_SECRET", sim::CONSUMER_SECRET),
         kv("GATEWAY__DARAJA__PASSKEY", sim::PASSKEY),
         kv("GATEWAY__DARAJA__SHORTCODE", sim::SHORTCODE),
-    ]
+    ];
+    [redis, rest].concat()
 }
 
 /// Runs `stk-relay-admin args…` with `env`, bounded by [`STEP`].
@@ -348,6 +358,61 @@ async fn admin_reads_payments_spool_and_checks_the_node() -> Result<()> {
     ensure!(
         table.contains("records    1") && !table.contains(&path),
         "{table}"
+    );
+    Ok(())
+}
+
+/// The same reads with `redis.mode = "cluster"`: the admin reaches the payment keys and
+/// the due set (different slots) through the shared cluster topology.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_a_redis_cluster() -> Result<()> {
+    let opts = ClusterOptions {
+        gateways: 1,
+        ingests: 1,
+        redis_cluster: true,
+        ..ClusterOptions::default()
+    };
+    let c = Cluster::start_with("admin_redis_cluster", opts).await?;
+    let env = gateway_env(&c);
+    let done = c.push(0, &sim::phone(11, sim::MANUAL), 300).await?;
+    let receipt = daraja::receipt(11);
+    c.deliver_success(0, &done, 300, &receipt).await?;
+    let pending = c.push(0, &sim::phone(12, sim::MANUAL), 40).await?;
+
+    let j = run_json(&env, &["payment", "show", &done.checkout_request_id], true).await?;
+    ensure!(
+        j["state"]["status"] == "SUCCESS" && j["state"]["mpesaReceiptNumber"] == receipt.as_str(),
+        "{j}"
+    );
+    let j = run_json(
+        &env,
+        &["payment", "show", &pending.checkout_request_id],
+        true,
+    )
+    .await?;
+    ensure!(j["state"]["status"] == "PENDING", "{j}");
+    let j = run_json(&env, &["payments", "pending", "--older-than", "0s"], true).await?;
+    let listed: Vec<&str> = j["pending"]
+        .as_array()
+        .context("pending is not a list")?
+        .iter()
+        .filter_map(|p| p["checkoutRequestId"].as_str())
+        .collect();
+    ensure!(
+        listed == [pending.checkout_request_id.as_str()],
+        "listed {listed:?}: {j}"
+    );
+    let j = run_json(&env, &["doctor"], false).await?;
+    let redis = j["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "Redis PING"))
+        .context("no Redis check")?;
+    ensure!(
+        redis["pass"] == true
+            && redis["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("cluster")),
+        "{j}"
     );
     Ok(())
 }
