@@ -10,7 +10,8 @@ use stk_relay_shared::store::StoreError;
 pub enum AdminError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("redis: {0}")]
+    /// Its messages already say "redis …".
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0:?} is not a CheckoutRequestID: {1}")]
     BadId(String, String),

@@ -49,3 +49,36 @@ pub async fn query<T: redis::FromRedisValue>(
     .await
     .map_err(|_| StoreError::Timeout)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_file_is_read_as_the_gateway_reads_it() {
+        let path = std::env::temp_dir().join(format!(
+            "stk-admin-settings-{}-{}.toml",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::write(
+            &path,
+            "[redis]\nkey_prefix = \"shop-a\"\nmode = \"cluster\"\ncluster_nodes = [\"10.0.0.1:7000\"]\n\n[callbacks]\npublic_base_url = \"https://cb.shop.co.ke\"\n",
+        )
+        .unwrap();
+        let s = load(Some(&path)).unwrap();
+        assert_eq!(s.redis.key_prefix, "shop-a");
+        assert_eq!(s.redis.mode, stk_relay_shared::config::RedisMode::Cluster);
+        assert_eq!(s.callbacks.public_base_url, "https://cb.shop.co.ke");
+        // Not validated as a whole (no API keys, no secrets) ...
+        assert!(s.validate().is_err());
+        // ... but [redis] is, before a connection is made.
+        assert!(s.redis.validate().is_ok());
+
+        // A misspelt key is refused, as the gateway refuses it.
+        std::fs::write(&path, "[redis]\nkey_prefx = \"x\"\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("redis.key_prefix"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
