@@ -5,9 +5,9 @@
 //! `…/target/<profile>/<bin>` both lead to `…/target/<profile>/`.
 //!
 //! The first caller checks that every binary exists and is newer than every source file
-//! of the service packages (`shared`, `gateway`, `callback-ingest`, `daraja-sim`, the
-//! workspace `Cargo.toml`/`Cargo.lock`). If not, it runs
-//! `cargo build --bins -p <the four packages>` in the same profile and target dir, so
+//! of the service packages (`shared`, `gateway`, `callback-ingest`, `daraja-sim`,
+//! `standalone`, `admin`, the workspace `Cargo.toml`/`Cargo.lock`). If not, it runs
+//! `cargo build --bins -p <the five packages>` in the same profile and target dir, so
 //! the suite never runs stale binaries. (It does not build when they are fresh: a build
 //! from here selects other packages than the outer `cargo test`, so Cargo would unify
 //! features differently and rebuild shared dependencies back and forth.) A failed build
@@ -23,11 +23,13 @@ pub const GATEWAY_BIN: &str = "stk-relay-gateway";
 pub const INGEST_BIN: &str = "stk-relay-callback-ingest";
 pub const SIM_BIN: &str = "daraja-sim";
 pub const STANDALONE_BIN: &str = "stk-relay";
-const PACKAGES: [&str; 4] = [
+pub const ADMIN_BIN: &str = "stk-relay-admin";
+const PACKAGES: [&str; 5] = [
     "stk-relay-gateway",
     "stk-relay-callback-ingest",
     "stk-relay-daraja-sim",
     "stk-relay",
+    "stk-relay-admin",
 ];
 
 /// Paths of the service binaries and of the target dir they live in.
@@ -38,6 +40,8 @@ pub struct Binaries {
     pub sim: PathBuf,
     /// The standalone process (`stk-relay`).
     pub standalone: PathBuf,
+    /// The operator CLI (`stk-relay-admin`).
+    pub admin: PathBuf,
     /// `…/target`
     pub target_dir: PathBuf,
     /// `…/target/<profile>`
@@ -88,6 +92,7 @@ fn locate_and_build() -> Result<Binaries, String> {
         ingest: profile_dir.join(INGEST_BIN),
         sim: profile_dir.join(SIM_BIN),
         standalone: profile_dir.join(STANDALONE_BIN),
+        admin: profile_dir.join(ADMIN_BIN),
         target_dir,
         profile_dir,
     };
@@ -95,11 +100,17 @@ fn locate_and_build() -> Result<Binaries, String> {
     if !flag("STK_E2E_SKIP_BUILD") && (flag("STK_E2E_FORCE_BUILD") || !fresh(&bins)) {
         build(&bins)?;
     }
-    let missing: Vec<String> = [&bins.gateway, &bins.ingest, &bins.sim, &bins.standalone]
-        .iter()
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
+    let missing: Vec<String> = [
+        &bins.gateway,
+        &bins.ingest,
+        &bins.sim,
+        &bins.standalone,
+        &bins.admin,
+    ]
+    .iter()
+    .filter(|p| !p.is_file())
+    .map(|p| p.display().to_string())
+    .collect();
     if !missing.is_empty() {
         return Err(format!("missing after build: {}", missing.join(", ")));
     }
@@ -119,13 +130,20 @@ fn fresh(bins: &Binaries) -> bool {
         "callback-ingest",
         "daraja-sim",
         "standalone",
+        "admin",
         "clients/js/src",
     ] {
         newest = newest.max(newest_under(&root.join(dir)));
     }
-    [&bins.gateway, &bins.ingest, &bins.sim, &bins.standalone]
-        .iter()
-        .all(|b| b.is_file() && mtime(b) > newest)
+    [
+        &bins.gateway,
+        &bins.ingest,
+        &bins.sim,
+        &bins.standalone,
+        &bins.admin,
+    ]
+    .iter()
+    .all(|b| b.is_file() && mtime(b) > newest)
 }
 
 fn mtime(p: &Path) -> SystemTime {
