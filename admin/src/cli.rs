@@ -1,5 +1,5 @@
-//! The command tree. Each group is a subcommand with its own enum, so a new group (the
-//! coming `webhooks dead` / `webhooks replay`) is one more [`Command`] variant.
+//! The command tree. Each group is a subcommand with its own enum, so a new group is
+//! one more [`Command`] variant.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,26 @@ pub enum Command {
     },
     /// Check the callback URL, Daraja OAuth and Redis as a gateway would use them.
     Doctor,
+    /// Webhooks to the merchant's backend: dead letters, and replaying one.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Events given up after `merchant.webhook_max_age_secs`, oldest first.
+    Dead {
+        /// Most dead letters to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue a dead letter again, due now (its attempts and age count afresh).
+    Replay {
+        /// The event id (`evt_<CheckoutRequestID>_v<version>`).
+        event_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! `stk-relay-admin`: an operator's view of a running stk-relay cluster, over the same
-//! `shared` store, keyspace and configuration as the services. Read-only: no command
-//! here writes to Redis or to a spool.
+//! `shared` store, keyspace and configuration as the services. Read-only, but for
+//! `webhooks replay`, which queues a dead letter again; nothing writes to a spool.
 //!
 //! - [`cli`]: the command tree (clap derive); a `webhooks` group slots in beside the others.
 //! - [`settings`]: the gateway's configuration, loaded as the gateway loads it (`GATEWAY__…`).
@@ -8,6 +8,7 @@
 //! - [`payments`]: `payment show` and `payments pending`, read through the shared store.
 //! - [`spool`]: `spool status`: an ingest's spool directory, read without taking it over.
 //! - [`doctor`]: `doctor`: the node's settings as Daraja will see them, PASS/FAIL each.
+//! - [`webhooks`]: `webhooks dead` and `webhooks replay`, over the gateway's webhook queue.
 //! - [`output`]: the human tables and the [`output::Report`] every command returns.
 //! - [`error`]: [`error::AdminError`], the crate's one error type.
 
@@ -19,8 +20,9 @@ pub mod output;
 pub mod payments;
 pub mod settings;
 pub mod spool;
+pub mod webhooks;
 
-use cli::{Cli, Command, PaymentCommand, PaymentsCommand, SpoolCommand};
+use cli::{Cli, Command, PaymentCommand, PaymentsCommand, SpoolCommand, WebhooksCommand};
 use error::AdminError;
 use output::Report;
 
@@ -47,6 +49,13 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
         Command::Doctor => {
             let s = settings::load(cli.config.as_deref())?;
             Ok(doctor::run(&s).await.into())
+        }
+        Command::Webhooks { command } => {
+            let s = settings::load(cli.config.as_deref())?;
+            match command {
+                WebhooksCommand::Dead { limit } => webhooks::dead(&s, *limit).await,
+                WebhooksCommand::Replay { event_id } => webhooks::replay(&s, event_id).await,
+            }
         }
     }
 }

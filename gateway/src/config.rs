@@ -30,6 +30,113 @@ pub struct GatewaySettings {
     pub dev: DevSettings,
     pub compat: CompatSettings,
     pub metrics: MetricsSettings,
+    pub merchant: MerchantSettings,
+}
+
+/// `[merchant]`: signed webhooks to the merchant's backend (`gateway::webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MerchantSettings {
+    /// Where events go unless a push names its own URL. Empty: nowhere.
+    pub webhook_url: String,
+    /// The HMAC-SHA256 key of `Stk-Relay-Signature`.
+    pub webhook_secret: SecretString,
+    /// Hosts a push's own `webhook_url` may name (lowercase, exact).
+    pub allowed_webhook_hosts: Vec<String>,
+    pub webhook_timeout_ms: u64,
+    pub webhook_retry_first_ms: u64,
+    pub webhook_retry_max_secs: u64,
+    pub webhook_max_age_secs: u64,
+    pub webhook_concurrency: usize,
+}
+
+impl MerchantSettings {
+    /// Whether this gateway sends webhooks (and runs the delivery workers).
+    pub fn webhooks_enabled(&self) -> bool {
+        !self.webhook_url.is_empty() || !self.allowed_webhook_hosts.is_empty()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms)
+    }
+
+    pub fn retry_first(&self) -> Duration {
+        Duration::from_millis(self.webhook_retry_first_ms)
+    }
+
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_secs(self.webhook_retry_max_secs)
+    }
+
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.webhook_max_age_secs)
+    }
+
+    /// Checks a webhook URL: absolute https (http only on loopback or when `insecure`),
+    /// a host, no credentials, no whitespace, at most 2,048 bytes. Returns its host,
+    /// lowercase.
+    pub fn check_url(url: &str, insecure: bool) -> Result<String, String> {
+        if url.len() > 2048 || url.contains(char::is_whitespace) {
+            return Err("must be at most 2048 characters, without whitespace".into());
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        let host = parsed
+            .host_str()
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| "has no host".to_owned())?;
+        let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]");
+        match parsed.scheme() {
+            "https" => {}
+            "http" if insecure || loopback => {}
+            _ => return Err("must be https (http only on loopback)".into()),
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err("must not carry credentials".into());
+        }
+        Ok(host)
+    }
+
+    fn validate(&self, insecure: bool) -> Result<(), ConfigError> {
+        if !self.webhooks_enabled() {
+            return Ok(());
+        }
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("merchant.{m}")));
+        if !self.webhook_url.is_empty() {
+            if let Err(e) = Self::check_url(&self.webhook_url, insecure) {
+                return invalid(format!("webhook_url {e}"));
+            }
+        }
+        for h in &self.allowed_webhook_hosts {
+            if h.is_empty() || h.contains(['/', ':', ' ']) || *h != h.to_ascii_lowercase() {
+                return invalid(format!(
+                    "allowed_webhook_hosts: {h:?} must be a lowercase host name alone"
+                ));
+            }
+        }
+        shared_config::require_secret("merchant.webhook_secret", &self.webhook_secret, 32)?;
+        if !insecure {
+            shared_config::check_not_example("merchant.webhook_secret", &self.webhook_secret)?;
+        }
+        if !(100..=120_000).contains(&self.webhook_timeout_ms) {
+            return invalid("webhook_timeout_ms must be between 100 and 120000".into());
+        }
+        if self.webhook_retry_first_ms < 10
+            || self.webhook_retry_first_ms > self.webhook_retry_max_secs.saturating_mul(1000)
+        {
+            return invalid(
+                "webhook_retry_first_ms must be at least 10 and at most webhook_retry_max_secs"
+                    .into(),
+            );
+        }
+        if self.webhook_max_age_secs == 0 || self.webhook_retry_max_secs == 0 {
+            return invalid(
+                "webhook_max_age_secs and webhook_retry_max_secs must be positive".into(),
+            );
+        }
+        if !(1..=1000).contains(&self.webhook_concurrency) {
+            return invalid("webhook_concurrency must be between 1 and 1000".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[compat]`: the Durable Objects compatibility routes (`docs/compat.md`). Off by default.
@@ -263,6 +370,7 @@ impl Settings for GatewaySettings {
         "server.trusted_proxies",
         "redis.sentinels",
         "redis.cluster_nodes",
+        "merchant.allowed_webhook_hosts",
     ];
     const OPTIONAL_KEYS: &'static [&'static str] = &["daraja.party_b"];
 
@@ -372,6 +480,14 @@ impl Settings for GatewaySettings {
         self.reconcile
             .validate(self.payments.ttl_secs, self.daraja.request_timeout_ms)?;
         self.compat.validate(&self.tokens, insecure)?;
+        self.merchant.validate(insecure)?;
+        if self.merchant.webhooks_enabled()
+            && self.redis.mode == stk_relay_shared::config::RedisMode::Cluster
+        {
+            return Err(ConfigError::Invalid(
+                "merchant webhooks need redis.mode \"standalone\" or \"sentinel\": with Redis Cluster the event stream cannot share a payment's slot (not supported yet)".into(),
+            ));
+        }
         Ok(())
     }
 }

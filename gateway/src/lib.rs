@@ -14,6 +14,8 @@
 //! - [`error`]: `ApiError`, mapped to HTTP in one place.
 //! - [`reconcile`]: the background task that settles payments without a callback
 //!   through STK Push Query, and closes them as `UNCONFIRMED` at `reconcile.max_age_secs`.
+//! - [`webhooks`]: signed webhooks to the merchant's backend: the queue in Redis and the
+//!   delivery worker (at least once, retried with backoff, dead letters).
 
 pub mod auth;
 pub mod config;
@@ -26,4 +28,5 @@ pub mod pending;
 pub mod routes;
 pub mod sessions;
 pub mod startup;
+pub mod webhooks;
 pub mod ws;

@@ -56,6 +56,9 @@ pub struct PendingWrite {
     /// Keyed digest of the pushed phone (`CallbackTokens::phone_digest`), checked against
     /// the callback's phone. Never logged.
     pub phone_digest: String,
+    /// Where its webhook events go: "" none, "*" `merchant.webhook_url`, or the push's
+    /// own URL.
+    pub webhook: String,
 }
 
 /// What to do with the push's `Idempotency-Key` record once its pending record is written.
@@ -297,7 +300,7 @@ pub async fn write_pending(
         .schedule(id, due)
         .await?;
     store
-        .record_pending(&w.state, &w.nonce, &w.phone_digest)
+        .record_pending(&w.state, &w.nonce, &w.phone_digest, &w.webhook)
         .await
 }
 
@@ -463,6 +466,7 @@ mod tests {
                 state,
                 nonce: "n".into(),
                 phone_digest: "d".into(),
+                webhook: String::new(),
             }),
             idem: None,
         }

@@ -32,7 +32,7 @@ use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::metrics::{self, Collector, MetricsServer, Transport};
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{PaymentStore, Schedule};
+use stk_relay_shared::store::{webhooks_supported, PaymentStore, Schedule, Storage};
 use stk_relay_shared::token::{CallbackTokens, SubscribeTokens};
 use tokio::sync::Notify;
 use tracing_actix_web::TracingLogger;
@@ -42,6 +42,7 @@ use crate::config::{GatewaySettings, WsSettings};
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
 use crate::reconcile::Reconciler;
+use crate::webhooks::Deliverer;
 
 use crate::pending::{self, PendingWrites};
 use crate::routes;
@@ -246,6 +247,19 @@ impl Gateway {
             push_lifetime,
         );
         let daraja = DarajaClient::new(settings.daraja.clone()).map_err(invalid)?;
+        if settings.merchant.webhooks_enabled() {
+            let pool = match &storage {
+                Storage::Redis(pool) if webhooks_supported(&storage) => pool.clone(),
+                _ => {
+                    return Err(invalid(
+                        "merchant webhooks need Redis in mode \"standalone\" or \"sentinel\" (not the memory store, not yet Redis Cluster)",
+                    ))
+                }
+            };
+            Deliverer::new(settings.merchant.clone(), pool, keys.clone())
+                .map_err(invalid)?
+                .spawn(shutdown.clone());
+        }
         Reconciler {
             store: store.clone(),
             schedule: schedule.clone(),

@@ -157,7 +157,7 @@ fn store(c: &mut Criterion) {
             |(pending, id)| {
                 let (fresh, outcome, binding) = (&fresh, &outcome, &binding);
                 async move {
-                    let r = fresh.record_pending(&pending, NONCE, PHD).await;
+                    let r = fresh.record_pending(&pending, NONCE, PHD, "").await;
                     assert!(matches!(r, Ok(RecordOutcome::Pending(_))), "{r:?}");
                     let a = fresh
                         .apply_callback(&id, NONCE, outcome, binding, false)
@@ -177,7 +177,7 @@ fn store(c: &mut Criterion) {
     let id = cb.checkout_request_id.clone();
     rt.block_on(async {
         let r = final_store
-            .record_pending(&pending_for(&cb, id.clone()), NONCE, PHD)
+            .record_pending(&pending_for(&cb, id.clone()), NONCE, PHD, "")
             .await;
         assert!(matches!(r, Ok(RecordOutcome::Pending(_))), "{r:?}");
         let a = final_store

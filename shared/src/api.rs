@@ -16,6 +16,10 @@ pub struct PushRequest {
     pub account_reference: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Where this payment's webhook events go instead of `merchant.webhook_url`; its
+    /// host must be in `merchant.allowed_webhook_hosts`.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 /// `POST /demo/pay` body (standalone mode's demo checkout only). Answered with a

@@ -14,8 +14,13 @@
 //! | `<prefix>:reconcile:{q}:bucket` | hash | the cluster's shared STK Push Query token bucket |
 //! | `<prefix>:sess:{<sid>}` | string | a compatibility session: `-` once its token is claimed, then its `STK_INITIATED` JSON |
 //! | `<prefix>:sess:{<sid>}:ch` | pub/sub channel | the session's `STK_INITIATED` JSON, published once |
+//! | `<prefix>:wh:{w}:stream` | stream | webhook events, appended by `payment.lua` with each final state (consumer group `delivery`) |
+//! | `<prefix>:wh:{w}:events` | hash | event id → the event and its delivery record (JSON) |
+//! | `<prefix>:wh:{w}:due` | sorted set | event ids by when (Unix ms) their next attempt is due, or their lease ends |
+//! | `<prefix>:wh:{w}:dead` | sorted set | dead-lettered event ids by when (Unix ms) they were given up |
 //!
-//! The reconciliation keys share the hash tag `{q}`, so one script may touch both.
+//! The reconciliation keys share the hash tag `{q}`, so one script may touch both; the
+//! webhook keys share `{w}`.
 
 use sha2::{Digest, Sha256};
 
@@ -52,6 +57,26 @@ impl Keyspace {
     /// its subscriber connection receives messages.
     pub fn node_probe_channel(&self, node_id: &str) -> String {
         format!("{}:node:{{{}}}:probe", self.prefix, node_id)
+    }
+
+    /// The stream `payment.lua` appends webhook events to.
+    pub fn webhook_stream(&self) -> String {
+        format!("{}:wh:{{w}}:stream", self.prefix)
+    }
+
+    /// The hash of webhook events being delivered (event id → JSON record).
+    pub fn webhook_events(&self) -> String {
+        format!("{}:wh:{{w}}:events", self.prefix)
+    }
+
+    /// The sorted set of webhook events by when their next attempt is due.
+    pub fn webhook_due(&self) -> String {
+        format!("{}:wh:{{w}}:due", self.prefix)
+    }
+
+    /// The sorted set of dead-lettered webhook events by when they were given up.
+    pub fn webhook_dead(&self) -> String {
+        format!("{}:wh:{{w}}:dead", self.prefix)
     }
 
     /// The sorted set of pending payments, scored by when (Unix ms) each is next due

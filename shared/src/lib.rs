@@ -10,6 +10,7 @@
 //! - [`backends`]: the storage and broker a node runs on, chosen by configuration.
 //! - [`text`]: cleaning text from outside, and escaping JSON for browsers.
 //! - [`token`]: HMAC-signed subscribe and callback tokens.
+//! - [`webhook`]: the webhook event body and its `Stk-Relay-Signature` (sign and verify).
 //! - [`session_token`]: merchant-signed checkout session tokens of the compatibility routes.
 //! - [`compat`]: wire types of the Durable Objects compatibility routes.
 //! - [`net`]: CIDR lists and the client address behind trusted proxies.
@@ -39,3 +40,4 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod token;
+pub mod webhook;

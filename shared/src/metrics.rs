@@ -64,6 +64,8 @@ pub const GATEWAY_CHANNELS: &str = "stk_relay_gateway_channels";
 pub const GATEWAY_PENDING_QUEUED: &str = "stk_relay_gateway_pending_writes_queued";
 /// Counter, gateway. Reconciliation decisions, by `outcome` ([`ReconcileOutcome`]).
 pub const GATEWAY_RECONCILE: &str = "stk_relay_gateway_reconcile_total";
+/// Counter, gateway. Webhook attempts, by `outcome` ([`WebhookOutcome`]).
+pub const GATEWAY_WEBHOOKS: &str = "stk_relay_gateway_webhook_attempts_total";
 
 /// Counter, both. Failed Redis commands, by `kind`: `timeout`, `unavailable` (the
 /// connection is down), `refused` (Redis answered with an error).
@@ -321,6 +323,23 @@ pub fn reconcile(outcome: ReconcileOutcome) {
 }
 
 label_enum! {
+    /// What one webhook attempt came to (`outcome` of [`GATEWAY_WEBHOOKS`]).
+    pub enum WebhookOutcome: "outcome" {
+        /// Answered 2xx: acknowledged.
+        Delivered => "delivered",
+        /// Another status, a timeout or no connection: retried later.
+        Failed => "failed",
+        /// Failed past `merchant.webhook_max_age_secs`: dead-lettered.
+        DeadLettered => "dead_lettered",
+    }
+}
+
+/// One webhook attempt's outcome.
+pub fn webhook(outcome: WebhookOutcome) {
+    outcome.counter(GATEWAY_WEBHOOKS).increment(1);
+}
+
+label_enum! {
     /// Why a Redis command failed (`kind` of [`REDIS_ERRORS`]).
     pub enum RedisErrorKind: "kind" {
         /// No answer in time.
@@ -445,6 +464,7 @@ fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(INGEST_CALLBACKS, "Callbacks received, by outcome");
+    describe_counter!(GATEWAY_WEBHOOKS, "Webhook attempts, by outcome");
     describe_histogram!(
         INGEST_CALLBACK_PUBLISH,
         Unit::Seconds,

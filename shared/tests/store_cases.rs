@@ -855,7 +855,11 @@ async fn run_case(
             } => {
                 let mut state = pending_state(&id);
                 state.amount = *amount;
-                let r = bounded("record_pending", store.record_pending(&state, nonce, phd)).await?;
+                let r = bounded(
+                    "record_pending",
+                    store.record_pending(&state, nonce, phd, ""),
+                )
+                .await?;
                 let (got, state) = record_kind(&r);
                 if got != *expect {
                     fail(

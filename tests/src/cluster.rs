@@ -419,6 +419,7 @@ impl Cluster {
             amount: amount.into(),
             account_reference: "E2E".to_owned(),
             description: Some("e2e test".to_owned()),
+            webhook_url: None,
         };
         let resp = self.push_raw_at(base, &body, None).await?;
         let status = resp.status();
@@ -647,6 +648,15 @@ impl Cluster {
         let path = self.callback_path_for(&p.checkout_request_id).await?;
         let body = daraja::failure(&p.merchant_request_id, &p.checkout_request_id, code, desc);
         self.deliver_callback(ingest, &path, &body).await
+    }
+
+    /// Records the phone a payment pushed some other way (e.g. [`Cluster::push_raw`]) was
+    /// pushed to, for [`Cluster::deliver_success`].
+    pub fn record_phone(&self, checkout_request_id: &str, phone: &str) {
+        self.phones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(checkout_request_id.to_owned(), phone.to_owned());
     }
 
     /// The phone a payment was pushed to through [`Cluster::push`].

@@ -18,6 +18,8 @@
 //! - [`standalone`]: the `stk-relay` process (memory, simulator, demo) on a free port.
 //! - [`proxy`]: a load-balancer stand-in in front of gateways that can refuse upgrades or paths.
 //! - [`nginx`]: Debian's nginx running `deploy/nginx/stk-relay.conf` in front of the cluster.
+//! - [`admin`]: runs `stk-relay-admin` with a cluster gateway's environment.
+//! - [`webhook_receiver`]: a merchant's webhook endpoint whose answers a test scripts.
 //!
 //! Running: `cargo test -p stk-relay-e2e` (needs `redis-server` on `PATH`, or
 //! `STK_E2E_REDIS_SERVER=<path>`, and `redis-cli` or `STK_E2E_REDIS_CLI=<path>` for
@@ -29,6 +31,7 @@
 //! Every await in the harness is bounded by [`STEP`] unless stated otherwise, so a broken
 //! system fails a test quickly instead of hanging it.
 
+pub mod admin;
 pub mod bins;
 pub mod browser;
 pub mod cluster;
@@ -45,6 +48,7 @@ pub mod sim;
 pub mod sse;
 pub mod standalone;
 pub mod wait;
+pub mod webhook_receiver;
 pub mod ws;
 
 use std::time::Duration;

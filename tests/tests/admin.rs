@@ -7,11 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
-use stk_relay_e2e::bins;
+use stk_relay_e2e::admin::{admin, gateway_env, run, run_json, stdout};
 use stk_relay_e2e::cluster::kv;
 use stk_relay_e2e::{daraja, random_alnum, sim, wait, Cluster, ClusterOptions, STEP};
 
@@ -34,69 +32,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The environment a gateway of `c` runs with (the harness's gateway settings): its
-/// Redis Cluster when it has one, else its one redis-server.
-fn gateway_env(c: &Cluster) -> Vec<(String, String)> {
-    let redis = match &c.redis_cluster {
-        Some(set) => vec![
-            kv("GATEWAY__REDIS__URL", "redis://cluster.invalid:6379"),
-            kv("GATEWAY__REDIS__MODE", "cluster"),
-            kv("GATEWAY__REDIS__CLUSTER_NODES", &set.seeds()),
-        ],
-        None => vec![kv("GATEWAY__REDIS__URL", &c.redis.url())],
-    };
-    let rest = vec![
-        kv("GATEWAY__REDIS__KEY_PREFIX", &c.key_prefix),
-        kv("GATEWAY__API__KEYS", &c.api_key),
-        kv("GATEWAY__TOKENS__SUBSCRIBE_SECRET", &c.subscribe_secret),
-        kv("GATEWAY__TOKENS__CALLBACK_SECRET", &c.callback_secret),
-        kv("GATEWAY__CALLBACKS__PUBLIC_BASE_URL", c.ingest(0).url()),
-        kv("GATEWAY__DARAJA__BASE_URL", c.sim.url()),
-        kv("GATEWAY__DARAJA__CONSUMER_KEY", sim::CONSUMER_KEY),
-        kv("GATEWAY__DARAJA__CONSUMER_SECRET", sim::CONSUMER_SECRET),
-        kv("GATEWAY__DARAJA__PASSKEY", sim::PASSKEY),
-        kv("GATEWAY__DARAJA__SHORTCODE", sim::SHORTCODE),
-    ];
-    [redis, rest].concat()
-}
-
-/// Runs `stk-relay-admin args…` with `env`, bounded by [`STEP`].
-async fn admin(env: &[(String, String)], args: &[&str]) -> Result<Output> {
-    let bins = tokio::task::spawn_blocking(bins::binaries).await?;
-    let mut cmd = tokio::process::Command::new(&bins.admin);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("GATEWAY_CONFIG")
-        .kill_on_drop(true);
-    tokio::time::timeout(STEP, cmd.output())
-        .await
-        .with_context(|| format!("stk-relay-admin {args:?} did not finish within {STEP:?}"))?
-        .with_context(|| format!("running stk-relay-admin {args:?}"))
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs it and checks the exit code (`ok`: 0, else 1); returns stdout.
-async fn run(env: &[(String, String)], args: &[&str], ok: bool) -> Result<String> {
-    let o = admin(env, args).await?;
-    let out = stdout(&o);
-    ensure!(
-        o.status.code() == Some(if ok { 0 } else { 1 }),
-        "stk-relay-admin {args:?} exited {:?}\nstdout:\n{out}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(out)
-}
-
-async fn run_json(env: &[(String, String)], args: &[&str], ok: bool) -> Result<Value> {
-    let args = [args, &["--json"]].concat();
-    let out = run(env, &args, ok).await?;
-    serde_json::from_str(&out).with_context(|| format!("{args:?}: not one JSON document:\n{out}"))
 }
 
 /// Every secret of the cluster's configuration, named.

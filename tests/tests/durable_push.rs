@@ -49,6 +49,7 @@ fn request(phone: &str, amount: u32) -> PushRequest {
         amount: amount.into(),
         account_reference: "DURABLE".to_owned(),
         description: None,
+        webhook_url: None,
     }
 }
 

@@ -13,6 +13,7 @@ fn request(phone: &str, amount: u32) -> PushRequest {
         amount: amount.into(),
         account_reference: "IDEM".to_owned(),
         description: None,
+        webhook_url: None,
     }
 }
 

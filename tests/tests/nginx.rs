@@ -172,6 +172,7 @@ async fn delivery_through_nginx() -> Result<()> {
         amount: 10u32.into(),
         account_reference: "E2E".to_owned(),
         description: Some("x".repeat(20_000)),
+        webhook_url: None,
     };
     let resp = c.push_raw_at(&gw, &big, None).await?;
     let status = resp.status().as_u16();
@@ -656,6 +657,7 @@ fn spawn_push(
             amount: 10u32.into(),
             account_reference: "E2E".to_owned(),
             description: None,
+            webhook_url: None,
         });
     tokio::spawn(async move {
         let resp = req.send().await?;

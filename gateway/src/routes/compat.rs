@@ -111,6 +111,7 @@ fn check_body(body: &[u8], claims: &SessionClaims) -> Result<ValidPush, ApiError
         amount,
         account_reference,
         description: claims.description.clone(),
+        webhook_url: None,
     })
 }
 

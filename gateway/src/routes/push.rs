@@ -27,6 +27,7 @@ use stk_relay_shared::payment::{PaymentState, StateHead};
 use stk_relay_shared::store::{retry_while_unavailable, RecordOutcome, StoreError};
 
 use crate::auth::require_api_key;
+use crate::config::MerchantSettings;
 use crate::error::ApiError;
 use crate::idempotency::{valid_key, Begin};
 use crate::pending::{on_recorded, write_pending, IdemAction, PendingWrite, Slot, Work};
@@ -43,6 +44,8 @@ pub(crate) struct ValidPush {
     pub(crate) amount: Amount,
     pub(crate) account_reference: AccountReference,
     pub(crate) description: Option<TransactionDesc>,
+    /// The push's own webhook URL, checked against `merchant.allowed_webhook_hosts`.
+    pub(crate) webhook_url: Option<String>,
 }
 
 impl ValidPush {
@@ -58,11 +61,25 @@ impl ValidPush {
             amount,
             account_reference,
             description,
+            webhook_url: None,
         }
     }
 
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    fn parse(body: &[u8], merchant: &MerchantSettings, insecure: bool) -> Result<Self, ApiError> {
         let raw: PushRequest = parse_json(body)?;
+        let webhook_url = raw
+            .webhook_url
+            .map(|url| {
+                let host = MerchantSettings::check_url(&url, insecure)
+                    .map_err(|e| ApiError::Malformed(format!("webhook_url {e}")))?;
+                if !merchant.allowed_webhook_hosts.contains(&host) {
+                    return Err(ApiError::Malformed(
+                        "webhook_url: its host is not in merchant.allowed_webhook_hosts".into(),
+                    ));
+                }
+                Ok(url)
+            })
+            .transpose()?;
         Ok(Self {
             phone: Msisdn::parse(&raw.phone)?,
             amount: Amount::from_json(&raw.amount)?,
@@ -72,6 +89,7 @@ impl ValidPush {
                 .as_deref()
                 .map(TransactionDesc::parse)
                 .transpose()?,
+            webhook_url,
         })
     }
 
@@ -86,6 +104,11 @@ impl ValidPush {
             self.description.as_ref().map_or("", |d| d.as_str()),
         ] {
             h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        // Only when given, so that the hashes of requests without one stay as they were.
+        if let Some(url) = &self.webhook_url {
+            h.update(url.as_bytes());
             h.update([0u8]);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -109,7 +132,11 @@ pub async fn push(
     };
     require_json(&req)?;
     let body = read_body(&req, payload, state.settings.api.max_body_bytes).await?;
-    let push = ValidPush::parse(&body)?;
+    let push = ValidPush::parse(
+        &body,
+        &state.settings.merchant,
+        state.settings.dev.allow_insecure,
+    )?;
     let Some(idem_key) = idem_key else {
         return send_push(&state, push, &request)
             .await
@@ -335,6 +362,12 @@ async fn initiate(
     request: &tracing::Span,
 ) -> Result<Accepted, Failed> {
     let cb = state.callback_tokens.issue();
+    // Where the payment's webhook events go (payment.lua's `wh` field).
+    let webhook = match &push.webhook_url {
+        Some(url) => url.clone(),
+        None if !state.settings.merchant.webhook_url.is_empty() => "*".to_owned(),
+        None => String::new(),
+    };
     let callback_url = format!(
         "{}/v1/callbacks/stk/{}",
         state.settings.callbacks.public_base_url, cb.token
@@ -412,6 +445,7 @@ async fn initiate(
         ),
         nonce: cb.nonce,
         phone_digest: state.callback_tokens.phone_digest(&push.phone),
+        webhook,
     };
     let (status, unwritten) = match record_inline(state, &write).await {
         Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {

@@ -25,7 +25,9 @@ pub mod schedule;
 pub mod slot;
 pub mod topology;
 
-pub use payments::{ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome};
+pub use payments::{
+    webhooks_supported, ApplyOutcome, CallbackBinding, PaymentStore, RecordOutcome,
+};
 pub use pool::RedisPool;
 pub use schedule::Schedule;
 

@@ -2,15 +2,19 @@
 --
 -- KEYS[1]  payment hash   <prefix>:pay:{<CheckoutRequestID>}
 -- KEYS[2]  its channel    <prefix>:pay:{<CheckoutRequestID>}:ch   (same hash slot)
+-- KEYS[3]  optional: the webhook stream <prefix>:wh:{w}:stream. Given outside Redis
+--          Cluster only (it lives in another slot); without it no event is appended.
 -- ARGV[1]  mode: "pending" | "final"
 --
 -- Hash fields: state (STATE JSON), status, version, cbt (callback token nonce),
 --   phd (keyed digest of the pushed phone), amountMismatch (what a refused callback got
 --   wrong), early:<nonce> (an outcome that arrived before the pending record, one per
---   callback token nonce, never overwritten).
+--   callback token nonce, never overwritten), wh (where the payment's webhook events go:
+--   "*" the configured merchant.webhook_url, or the push's own URL; absent: none).
 --
 -- mode "pending": ARGV[2] nonce, ARGV[3] pending STATE JSON, ARGV[4] ttl seconds,
---                 ARGV[5] phone digest
+--                 ARGV[5] phone digest, ARGV[6] optional webhook target ("" or absent:
+--                 none; "*": the configured URL; otherwise the push's URL)
 --   -> {"PENDING", state} | {"FINAL", state} (the early callback of this nonce applied)
 --      | {"PENDING_MISMATCH", state, fields} (its early callback did not match the push)
 --      | {"PENDING_CONFIRM", state} (its early callback is a success awaiting confirmation)
@@ -37,7 +41,10 @@
 -- recorded, and the caller hands the payment to reconciliation (STK Push Query).
 --
 -- A final state is written and published in the same script, so a subscriber that
--- subscribes first and then reads can never miss it. A final state never changes, with
+-- subscribes first and then reads can never miss it. With KEYS[3] and a webhook target,
+-- the same step appends the webhook event (id evt_<CheckoutRequestID>_v<version>, type
+-- payment.final or payment.corrected, the target, the STATE) to the stream, so nothing
+-- is published that is not also queued for the merchant's backend. A final state never changes, with
 -- one exception: a genuine callback for a payment closed as UNCONFIRMED is recorded as a
 -- correction, version 3, once.
 
@@ -90,10 +97,26 @@ local function merge(state, outcome, version)
   return cjson.encode(state)
 end
 
+-- Bound on the webhook stream: the delivery workers move entries out at once; this only
+-- caps it when no worker runs.
+local STREAM_MAX = '1000000'
+
 local function publish_final(state, outcome, version)
   local enc = merge(state, outcome, version)
   redis.call('HSET', KEYS[1], 'state', enc, 'status', outcome['status'], 'version', version)
   redis.call('PUBLISH', KEYS[2], enc)
+  if KEYS[3] then
+    local wh = redis.call('HGET', KEYS[1], 'wh')
+    if wh then
+      local kind = 'payment.final'
+      if version == 3 then
+        kind = 'payment.corrected'
+      end
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', STREAM_MAX, '*',
+        'id', 'evt_' .. state['checkoutRequestId'] .. '_v' .. version, 'type', kind,
+        'url', wh, 'state', enc)
+    end
+  end
   return enc
 end
 
@@ -125,6 +148,9 @@ if ARGV[1] == 'pending' then
   end
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'status', 'PENDING', 'version', 1,
     'cbt', nonce, 'phd', ARGV[5])
+  if ARGV[6] and ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'wh', ARGV[6])
+  end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   if not early then
     return {'PENDING', ARGV[3]}

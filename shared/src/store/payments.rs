@@ -91,6 +91,9 @@ pub struct PaymentStore {
     /// Shared, not copied: every browser connection's feed holds a clone of the store,
     /// and the script's text is 8 KiB.
     script: Arc<Script>,
+    /// Whether the script gets the webhook stream (KEYS[3]): Redis outside Cluster
+    /// mode, where the stream cannot share the payment's slot.
+    webhook_stream: bool,
     ttl: Duration,
     early_ttl: Duration,
 }
@@ -106,6 +109,13 @@ fn payment_script(storage: &Storage) -> Arc<Script> {
     })
 }
 
+/// Whether final states can carry webhook events on this storage: Redis outside Cluster
+/// mode (the event stream would sit in another slot than the payment). The gateway
+/// refuses webhook settings where this is false.
+pub fn webhooks_supported(storage: &Storage) -> bool {
+    matches!(storage, Storage::Redis(pool) if !pool.topology().sharded_pubsub())
+}
+
 /// How long an early record (a callback that beat its pending write) is kept unless the
 /// caller says otherwise ([`PaymentStore::with_early_ttl`]).
 pub const DEFAULT_EARLY_TTL: Duration = Duration::from_secs(300);
@@ -115,6 +125,7 @@ impl PaymentStore {
     pub fn new(storage: Storage, keys: Keyspace, ttl: Duration) -> Self {
         Self {
             script: payment_script(&storage),
+            webhook_stream: webhooks_supported(&storage),
             storage,
             keys,
             ttl,
@@ -149,6 +160,9 @@ impl PaymentStore {
         let key = self.keys.payment(id);
         let mut inv = self.script.key(&key);
         inv.key(self.keys.payment_channel(id));
+        if self.webhook_stream {
+            inv.key(self.keys.webhook_stream());
+        }
         for a in args {
             inv.arg(*a);
         }
@@ -164,18 +178,28 @@ impl PaymentStore {
 
     /// Records a payment Daraja has just accepted, bound to its callback token nonce and
     /// to the keyed digest of the pushed phone (`CallbackTokens::phone_digest`).
+    /// `webhook` is where its webhook events go: "" none, "*" the configured URL, or the
+    /// push's own URL (see `payment.lua`).
     pub async fn record_pending(
         &self,
         state: &PaymentState,
         callback_nonce: &str,
         phone_digest: &str,
+        webhook: &str,
     ) -> Result<RecordOutcome, StoreError> {
         let json = serde_json::to_string(state).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let ttl = self.ttl.as_secs().max(1).to_string();
         let reply = self
             .run(
                 &state.checkout_request_id,
-                &["pending", callback_nonce, &json, &ttl, phone_digest],
+                &[
+                    "pending",
+                    callback_nonce,
+                    &json,
+                    &ttl,
+                    phone_digest,
+                    webhook,
+                ],
             )
             .await?;
         let mut it = reply.into_iter();
