@@ -196,9 +196,12 @@ impl Deliverer {
                                 break; // Cannot happen: at most `free` were claimed.
                             };
                             let this = self.clone();
+                            let freed = wake.clone();
                             tokio::spawn(async move {
                                 this.attempt(record).await;
                                 drop(permit);
+                                // A slot is free: claim again without waiting for the poll.
+                                freed.notify_one();
                             });
                         }
                     }
