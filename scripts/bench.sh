@@ -44,6 +44,10 @@ echo "== idle memory and Redis connections on one gateway (scenarios c, e)"
 LOADGEN=$PEERS_DIR/loadgen/target/release/loadgen \
   bash scripts/bench/idle_rss.sh 0 5000 15000 | tee "$OUT/idle.jsonl"
 
+if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing wrk (push scenario)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
 if [ -x scripts/bench/push.sh ]; then
   echo "== push"
   bash scripts/bench/push.sh | tee "$OUT/push.jsonl"
