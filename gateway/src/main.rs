@@ -5,12 +5,6 @@ use stk_relay_gateway::{config::GatewaySettings, startup::Application};
 use stk_relay_shared::config::Settings as _;
 use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
-/// jemalloc, not glibc's malloc: under connection churn glibc's `_int_malloc` walked its
-/// bins on the close path (12-16 % of the gateway's CPU at 5,000 callbacks/s, BENCHMARKS.md);
-/// with jemalloc it is gone, and an idle socket costs less memory.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> anyhow::Result<()> {
     let settings = GatewaySettings::load()?;
     let runtime = settings.server.runtime()?;

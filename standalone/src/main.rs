@@ -6,12 +6,6 @@ use stk_relay::startup::Standalone;
 use stk_relay_shared::config::config_path_from_args;
 use stk_relay_shared::{limits, shutdown::Shutdown, telemetry};
 
-/// jemalloc, not glibc's malloc: under connection churn glibc's `_int_malloc` walked its
-/// bins on the close path (12-16 % of the gateway's CPU at 5,000 callbacks/s, BENCHMARKS.md);
-/// with jemalloc it is gone, and an idle socket costs less memory.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> anyhow::Result<()> {
     let file = config_path_from_args(stk_relay::config::ENV_PREFIX);
     let settings = StandaloneSettings::load(file.as_deref(), None)?;
