@@ -771,7 +771,8 @@ impl ClusterTask {
                     .filter(|e| e.state == State::Unplaced)
                     .count();
                 if unplaced.len() > waiting {
-                    tracing::info!(
+                    // Debug: while a shard is down this repeats with every map refresh.
+                    tracing::debug!(
                         channels = unplaced.len() - waiting,
                         still_unplaced = waiting,
                         "channels sent to their slots' primaries"
