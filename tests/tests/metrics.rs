@@ -109,27 +109,51 @@ const PAYMENTS: u32 = 20;
 const OVER_SSE: u32 = 3;
 const DUPLICATED: u32 = 2;
 
+/// A one-gateway, one-ingest cluster whose nodes serve metrics on two free ports; returns
+/// the cluster and the two ports. A free port can be taken by another process between
+/// being found and being bound (the node then exits with "Address already in use"), so
+/// a node that exits at start is started again with new ports, at most three times.
+async fn start_with_metrics(name: &str) -> Result<(Cluster, u16, u16)> {
+    let mut last = None;
+    for _ in 0..3 {
+        let gw_metrics = free_port().await?;
+        let mut ingest_metrics = free_port().await?;
+        while ingest_metrics == gw_metrics {
+            ingest_metrics = free_port().await?;
+        }
+        let started = Cluster::start_with(
+            name,
+            ClusterOptions {
+                gateways: 1,
+                ingests: 1,
+                gateway_env: vec![kv(
+                    "GATEWAY__METRICS__BIND",
+                    &format!("127.0.0.1:{gw_metrics}"),
+                )],
+                ingest_env: vec![kv(
+                    "INGEST__METRICS__BIND",
+                    &format!("127.0.0.1:{ingest_metrics}"),
+                )],
+                ..ClusterOptions::default()
+            },
+        )
+        .await;
+        match started {
+            Ok(c) => return Ok((c, gw_metrics, ingest_metrics)),
+            // A node that exits at start (the port was taken) is started again; a real
+            // start-up failure fails all three tries.
+            Err(e) if format!("{e:#}").contains("before printing its listening line") => {
+                last = Some(e)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster started")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() -> Result<()> {
-    let gw_metrics = free_port().await?;
-    let ingest_metrics = free_port().await?;
-    let c = Cluster::start_with(
-        "metrics",
-        ClusterOptions {
-            gateways: 1,
-            ingests: 1,
-            gateway_env: vec![kv(
-                "GATEWAY__METRICS__BIND",
-                &format!("127.0.0.1:{gw_metrics}"),
-            )],
-            ingest_env: vec![kv(
-                "INGEST__METRICS__BIND",
-                &format!("127.0.0.1:{ingest_metrics}"),
-            )],
-            ..ClusterOptions::default()
-        },
-    )
-    .await?;
+    let (c, gw_metrics, ingest_metrics) = start_with_metrics("metrics").await?;
 
     // The public ports do not serve metrics.
     for base in [c.gateway(0).url(), c.ingest(0).url()] {
@@ -383,25 +407,7 @@ async fn standalone_serves_gateway_and_ingest_metrics_on_one_listener() -> Resul
 /// goes down and comes back (two changes), and Redis errors are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_is_counted() -> Result<()> {
-    let gw_metrics = free_port().await?;
-    let ingest_metrics = free_port().await?;
-    let mut c = Cluster::start_with(
-        "metrics_redis_restart",
-        ClusterOptions {
-            gateways: 1,
-            ingests: 1,
-            gateway_env: vec![kv(
-                "GATEWAY__METRICS__BIND",
-                &format!("127.0.0.1:{gw_metrics}"),
-            )],
-            ingest_env: vec![kv(
-                "INGEST__METRICS__BIND",
-                &format!("127.0.0.1:{ingest_metrics}"),
-            )],
-            ..ClusterOptions::default()
-        },
-    )
-    .await?;
+    let (mut c, gw_metrics, ingest_metrics) = start_with_metrics("metrics_redis_restart").await?;
     let gw0 = scrape(&c.http, gw_metrics).await?;
     let in0 = scrape(&c.http, ingest_metrics).await?;
 
