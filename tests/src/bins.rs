@@ -100,21 +100,29 @@ fn locate_and_build() -> Result<Binaries, String> {
     if !flag("STK_E2E_SKIP_BUILD") && (flag("STK_E2E_FORCE_BUILD") || !fresh(&bins)) {
         build(&bins)?;
     }
-    let missing: Vec<String> = [
-        &bins.gateway,
-        &bins.ingest,
-        &bins.sim,
-        &bins.standalone,
-        &bins.admin,
-    ]
-    .iter()
-    .filter(|p| !p.is_file())
-    .map(|p| p.display().to_string())
-    .collect();
+    let missing: Vec<String> = bins
+        .all()
+        .iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
     if !missing.is_empty() {
         return Err(format!("missing after build: {}", missing.join(", ")));
     }
     Ok(bins)
+}
+
+impl Binaries {
+    /// Every binary the suite runs.
+    fn all(&self) -> [&PathBuf; 5] {
+        [
+            &self.gateway,
+            &self.ingest,
+            &self.sim,
+            &self.standalone,
+            &self.admin,
+        ]
+    }
 }
 
 /// Whether every binary exists and is newer than every service source file.
@@ -135,15 +143,7 @@ fn fresh(bins: &Binaries) -> bool {
     ] {
         newest = newest.max(newest_under(&root.join(dir)));
     }
-    [
-        &bins.gateway,
-        &bins.ingest,
-        &bins.sim,
-        &bins.standalone,
-        &bins.admin,
-    ]
-    .iter()
-    .all(|b| b.is_file() && mtime(b) > newest)
+    bins.all().iter().all(|b| b.is_file() && mtime(b) > newest)
 }
 
 fn mtime(p: &Path) -> SystemTime {
