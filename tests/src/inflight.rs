@@ -88,18 +88,22 @@ pub async fn deliver_all(
     results.into_iter().collect()
 }
 
-/// Every socket gets its SUCCESS exactly once (nothing after it), read side by side.
+/// Every socket gets its SUCCESS exactly once (nothing after it), read side by side,
+/// each within `within` of the call. Give it the bound [`deliver_all`] has: while Redis
+/// refuses writes (no replica left to acknowledge `WAIT` after a double failover, say)
+/// a callback is retried, not lost, and its result comes that much later.
 /// Returns how many completed.
 pub async fn each_completed_once(
     open: &[(u32, PushResponse)],
     sockets: &mut [WsClient],
+    within: Duration,
 ) -> Result<usize> {
     let checks = open
         .iter()
         .zip(sockets.iter_mut())
         .map(|((amount, p), ws)| async move {
             let done = ws
-                .expect(MessageType::PaymentCompleted)
+                .expect_within(MessageType::PaymentCompleted, within)
                 .await
                 .with_context(|| format!("payment {amount}: result lost"))?;
             expect::success(

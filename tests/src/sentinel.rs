@@ -4,10 +4,15 @@
 //! configurations, all on free ports of 127.0.0.1. No extra package: Debian's
 //! `redis-server` runs as a sentinel with `--sentinel`.
 //!
-//! Failure detection is fast for tests: `down-after-milliseconds` 1000, quorum 2, and
+//! Failure detection is fast for tests: `down-after-milliseconds` 3000, quorum 2, and
 //! `failover-timeout` 2000: when the three sentinels split their votes (each notices
 //! the death at once and votes for itself), the next election comes after 4 s instead
 //! of the 20 s that the default would make, longer than the tests wait for a result.
+//! Not below 3000: with 1000, on a loaded 2-core machine (CI), two sentinels once found
+//! the replica they had just promoted silent for a second and failed over a second
+//! time; the demoted node then rejoined as a replica only after Sentinel's 10 s role
+//! check, so the new primary had no replica to acknowledge `WAIT` for 15 s and every
+//! write was refused that long (CI, 2026-12-03: a result later than the test waited).
 //!
 //! With TLS files ([`SentinelSet::start`]'s `tls`, the primary started with
 //! [`RedisOptions::tls`] and [`RedisOptions::tls_replication`]) everything is TLS: the
@@ -246,7 +251,7 @@ impl Sentinel {
         }
         text.push_str(&format!(
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
-             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 3000\n\
              sentinel failover-timeout {MASTER_NAME} 2000\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n"
         ));

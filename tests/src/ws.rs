@@ -149,7 +149,16 @@ impl WsClient {
 
     /// The next message, which must be of `kind`.
     pub async fn expect(&mut self, kind: MessageType) -> Result<ServerMessageOwned> {
-        let m = self.next_message(crate::STEP).await?;
+        self.expect_within(kind, crate::STEP).await
+    }
+
+    /// The next message within `within`, which must be of `kind`.
+    pub async fn expect_within(
+        &mut self,
+        kind: MessageType,
+        within: Duration,
+    ) -> Result<ServerMessageOwned> {
+        let m = self.next_message(within).await?;
         if m.kind != kind {
             bail!("expected {kind:?}, got {:?}: {:?}", m.kind, m.data);
         }

@@ -105,7 +105,7 @@ async fn cluster_mode_delivers_1000_payments_across_every_shard() -> Result<()> 
     let done = AtomicUsize::new(0);
     let (delivered, completed) = tokio::join!(
         deliver_all(&c, &open, &done, STEP * 4),
-        each_completed_once(&open, &mut sockets)
+        each_completed_once(&open, &mut sockets, STEP * 4)
     );
     delivered?;
     let completed = completed?;
@@ -185,7 +185,7 @@ async fn change_under_load(name: &str, change: Change) -> Result<()> {
     let (delivered, acted, completed) = tokio::join!(
         deliver_all(&c, &open, &done, STEP * 4),
         act,
-        each_completed_once(&open, &mut sockets)
+        each_completed_once(&open, &mut sockets, STEP * 4)
     );
     delivered?;
     acted?;
@@ -269,7 +269,7 @@ async fn cluster_mode_over_tls() -> Result<()> {
     let done = AtomicUsize::new(0);
     let (delivered, completed) = tokio::join!(
         deliver_all(&c, &open, &done, STEP * 4),
-        each_completed_once(&open, &mut sockets)
+        each_completed_once(&open, &mut sockets, STEP * 4)
     );
     delivered?;
     ensure!(completed? == N as usize);

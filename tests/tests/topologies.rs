@@ -164,7 +164,7 @@ async fn failover_under_load(name: &str, failure: Failure) -> Result<()> {
     let (delivered, new_port, completed) = tokio::join!(
         deliver_all(&c, &open, &done, STEP * 4),
         fail,
-        each_completed_once(&open, &mut sockets)
+        each_completed_once(&open, &mut sockets, STEP * 4)
     );
     delivered?;
     let completed = completed?;
@@ -377,7 +377,7 @@ async fn sentinel_over_tls_fails_over_with_payments_in_flight() -> Result<()> {
     let (delivered, new_port, completed) = tokio::join!(
         deliver_all(&c, &open, &done, STEP * 4),
         fail,
-        each_completed_once(&open, &mut sockets)
+        each_completed_once(&open, &mut sockets, STEP * 4)
     );
     delivered?;
     let completed = completed?;
