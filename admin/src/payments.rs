@@ -1,5 +1,8 @@
 //! `payment show` and `payments pending`: read through the shared store
-//! ([`PaymentStore::get`], [`Schedule::due_at`]) and the shared keyspace.
+//! ([`PaymentStore::get`], [`PaymentStore::history`], [`Schedule::due_at`]) and the
+//! shared keyspace. `payment show` prints the payment's history under its state: one
+//! line per entry (time, type, its fields as `key=value`), the same redacted entries as
+//! `GET /v1/payments/{id}/history`.
 //!
 //! Pending payments are found in the reconciliation due set
 //! (`Keyspace::reconcile_due`): the gateway adds every payment it records as PENDING and
@@ -13,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use stk_relay_gateway::config::GatewaySettings;
+use stk_relay_shared::history::{HistoryEvent, PaymentHistory};
 use stk_relay_shared::ids::{mask_phone, CheckoutRequestId};
 use stk_relay_shared::payment::{PaymentState, PaymentStatus};
 use stk_relay_shared::store::{PaymentStore, Schedule, Storage, StoreError};
@@ -46,6 +50,9 @@ struct Shown {
     /// While PENDING: when reconciliation next queries it (the due set's score).
     #[serde(skip_serializing_if = "Option::is_none")]
     next_query_at: Option<DateTime<Utc>>,
+    /// What happened to it, oldest first (`GET /v1/payments/{id}/history`'s body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<PaymentHistory>,
 }
 
 /// `payment show ID`.
@@ -69,12 +76,17 @@ pub async fn show(s: &GatewaySettings, raw_id: &str) -> Result<Report, AdminErro
             .and_then(ms_to_time),
         _ => None,
     };
+    let history = match &state {
+        Some(_) => store.history(&id).await?,
+        None => None,
+    };
     let shown = Shown {
         found: state.is_some(),
         key_prefix: keys.prefix().to_owned(),
         checkout_request_id: id.as_str().to_owned(),
         state: state.map(masked),
         next_query_at,
+        history,
     };
     Ok(Report {
         ok: shown.found,
@@ -132,6 +144,56 @@ fn show_text(shown: &Shown) -> String {
         ("keyPrefix", shown.key_prefix.clone()),
     ])
     .to_string()
+        + &shown.history.as_ref().map(history_text).unwrap_or_default()
+}
+
+/// The history as a table: `AT  TYPE  DETAILS`, oldest first.
+fn history_text(h: &PaymentHistory) -> String {
+    let mut out = format!(
+        "\nhistory: {} entr{}",
+        h.entries.len(),
+        if h.entries.len() == 1 { "y" } else { "ies" }
+    );
+    if h.truncated > 0 {
+        out.push_str(&format!(
+            " ({} more not kept: the history is full)",
+            h.truncated
+        ));
+    }
+    out.push('\n');
+    let mut t = Table::with_header(["AT", "TYPE", "DETAILS"]);
+    for e in &h.entries {
+        t.row([e.at_text(), e.event.kind().to_owned(), details(&e.event)]);
+    }
+    out.push_str(&t.to_string());
+    out
+}
+
+/// An entry's fields as `key=value`, in name order (`-` when it has none).
+fn details(e: &HistoryEvent) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(e) else {
+        return "-".to_owned();
+    };
+    let parts: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k.as_str() != "type")
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            serde_json::Value::Array(a) => format!(
+                "{k}={}",
+                a.iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -260,4 +322,50 @@ fn pending_text(list: &PendingList) -> String {
         out.push_str(&t.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stk_relay_shared::history::{CallbackDecision, CallbackEntry, HistoryEntry, QueryAsked};
+
+    #[test]
+    fn history_lines_show_each_entry() {
+        let at = DateTime::from_timestamp_millis(1_721_555_490_123).unwrap();
+        let h = PaymentHistory {
+            checkout_request_id: "ws_CO_1".into(),
+            entries: vec![
+                HistoryEntry {
+                    at,
+                    event: HistoryEvent::QueryAsked(QueryAsked {}),
+                },
+                HistoryEntry {
+                    at,
+                    event: HistoryEvent::Callback(CallbackEntry {
+                        result_code: None,
+                        result_desc: Some("Request cancelled by user".into()),
+                        mpesa_receipt_number: None,
+                        amount: Some(10),
+                        phone_number: Some("2547******33".into()),
+                        decision: Some(CallbackDecision::Mismatch),
+                        fields: Some(vec!["amount".into(), "phone".into()]),
+                    }),
+                },
+            ],
+            truncated: 3,
+        };
+        let text = history_text(&h);
+        assert!(
+            text.contains("history: 2 entries (3 more not kept"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2024-07-21T09:51:30.123Z  query_asked  -"),
+            "{text}"
+        );
+        assert!(
+            text.contains("callback     amount=10 decision=mismatch fields=amount,phone phoneNumber=2547******33 resultDesc=Request cancelled by user"),
+            "{text}"
+        );
+    }
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix_web::web;
+use stk_relay_shared::history::Pushed;
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::payment::PaymentState;
 use stk_relay_shared::store::{PaymentStore, RecordOutcome, Schedule, StoreError};
@@ -59,6 +60,8 @@ pub struct PendingWrite {
     /// Where its webhook events go: "" none, "*" `merchant.webhook_url`, or the push's
     /// own URL.
     pub webhook: String,
+    /// The push as normalised, for the payment's history (`pushed`).
+    pub pushed: Pushed,
 }
 
 /// What to do with the push's `Idempotency-Key` record once its pending record is written.
@@ -300,7 +303,7 @@ pub async fn write_pending(
         .schedule(id, due)
         .await?;
     store
-        .record_pending(&w.state, &w.nonce, &w.phone_digest, &w.webhook)
+        .record_pending(&w.state, &w.nonce, &w.phone_digest, &w.webhook, &w.pushed)
         .await
 }
 
@@ -467,6 +470,13 @@ mod tests {
                 nonce: "n".into(),
                 phone_digest: "d".into(),
                 webhook: String::new(),
+                pushed: Pushed {
+                    amount: 10,
+                    phone_number: "2547******12".into(),
+                    account_reference: "ref".into(),
+                    description: None,
+                    webhook: false,
+                },
             }),
             idem: None,
         }

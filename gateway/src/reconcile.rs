@@ -23,6 +23,11 @@
 //! `claim_ttl_secs` (the payments of one claim are handled side by side), and the task
 //! stops when the shutdown handle fires (a claim it held then expires after
 //! `claim_ttl_secs`, and another node takes over).
+//!
+//! History: each query is recorded in the payment's history as `query_asked` (stamped
+//! when it was sent) and `query_answer`. With a verdict both go in the same store step as
+//! the `final` entry; otherwise they are appended once the payment is rescheduled, best
+//! effort ([`PaymentStore::append_history`]).
 
 use std::time::Duration;
 
@@ -30,6 +35,7 @@ use chrono::{DateTime, Utc};
 use stk_relay_shared::daraja::client::StkQueryStatus;
 use stk_relay_shared::daraja::types::codes;
 use stk_relay_shared::daraja::{DarajaClient, DarajaError};
+use stk_relay_shared::history::{HistoryEvent, QueryAnswer, QueryAsked, StoredEntry};
 use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::metrics::{self, ReconcileOutcome};
 use stk_relay_shared::payment::{PaymentOutcome, PaymentState, ResultCode, ResultSource};
@@ -136,6 +142,27 @@ pub fn classify(result: &Result<StkQueryStatus, DarajaError>) -> Verdict {
         DarajaError::InvalidRequest(_) | DarajaError::Config(_) => NotYet::DarajaError,
     };
     Verdict::NotYet(cause)
+}
+
+/// The `query_answer` history entry for a Query result that was not a verdict: Daraja's
+/// error code and message when it gave one, and always the cause.
+pub fn not_yet_answer(result: &Result<StkQueryStatus, DarajaError>, cause: NotYet) -> QueryAnswer {
+    let (code, desc) = match result {
+        Err(DarajaError::Api {
+            error_code,
+            error_message,
+            ..
+        }) => (
+            ResultCode::from_text(error_code),
+            Some(stk_relay_shared::text::clean_external(error_message).into_owned()),
+        ),
+        _ => (None, None),
+    };
+    QueryAnswer {
+        result_code: code,
+        result_desc: desc,
+        error: Some(cause.as_str().to_owned()),
+    }
 }
 
 /// When a payment that got no verdict is next due: a quarter of its age, within
@@ -271,7 +298,7 @@ impl Reconciler {
         let now = Utc::now();
         if now - created >= chrono::Duration::seconds(self.settings.max_age_secs as i64) {
             let outcome = PaymentOutcome::unconfirmed(now);
-            let applied = self.store.apply_trusted(id, &outcome).await?;
+            let applied = self.store.apply_trusted(id, &outcome, &[]).await?;
             tracing::info!(
                 checkout_request_id = %id,
                 cause = "max_age",
@@ -284,6 +311,7 @@ impl Reconciler {
             return Ok(Handled::NoQuery);
         }
 
+        let asked = StoredEntry::new(now, HistoryEvent::QueryAsked(QueryAsked {}));
         let answer = self.daraja.stk_query(id).await;
         let now = Utc::now();
         match classify(&answer) {
@@ -294,7 +322,18 @@ impl Reconciler {
                 let code = result_code.to_string();
                 let outcome = PaymentOutcome::from_code(result_code, result_desc, now)
                     .with_source(ResultSource::StkQuery);
-                let applied = self.store.apply_trusted(id, &outcome).await?;
+                let answered = StoredEntry::new(
+                    now,
+                    HistoryEvent::QueryAnswer(QueryAnswer {
+                        result_code: outcome.result_code.clone(),
+                        result_desc: Some(outcome.result_desc.clone()),
+                        error: None,
+                    }),
+                );
+                let applied = self
+                    .store
+                    .apply_trusted(id, &outcome, &[asked, answered])
+                    .await?;
                 tracing::info!(
                     checkout_request_id = %id,
                     cause = "query_final",
@@ -311,6 +350,11 @@ impl Reconciler {
                 let jitter = f64::from(now.timestamp_subsec_nanos() % 1_000_000) / 10_000_000.0;
                 let due = next_due(&self.settings, created, now, cause, jitter);
                 self.schedule.schedule(id, due).await?;
+                let answered = StoredEntry::new(
+                    now,
+                    HistoryEvent::QueryAnswer(not_yet_answer(&answer, cause)),
+                );
+                self.store.append_history(id, &[asked, answered]).await;
                 metrics::reconcile(cause.metric());
                 let in_ms = (due - now).num_milliseconds();
                 let age = (now - created).to_std().unwrap_or_default();

@@ -256,7 +256,7 @@ impl Gateway {
                     ))
                 }
             };
-            Deliverer::new(settings.merchant.clone(), pool, keys.clone())
+            Deliverer::new(settings.merchant.clone(), pool, keys.clone(), store.clone())
                 .map_err(invalid)?
                 .spawn(shutdown.clone());
         }
@@ -354,7 +354,8 @@ impl Gateway {
                     web::scope("/v1/payments/{checkout_request_id}")
                         .wrap(cors)
                         .route("", web::get().to(routes::payments::get_payment))
-                        .route("/events", web::get().to(routes::payments::events)),
+                        .route("/events", web::get().to(routes::payments::events))
+                        .route("/history", web::get().to(routes::payments::history)),
                 );
             if data.settings.compat.enabled {
                 routes::compat::register(cfg, &data);

@@ -478,3 +478,36 @@ fn configuration_refuses_what_would_hurt() {
         .to_string();
     assert!(e.contains("example value"), "{e}");
 }
+
+#[tokio::test]
+async fn history_needs_the_api_key_and_redis() {
+    let app = spawn_app().await;
+    let url = format!(
+        "{}/v1/payments/ws_CO_21072024125130652700961992/history",
+        app.base
+    );
+    for auth in [
+        None,
+        Some("Bearer 99999999999.AAAA"),
+        Some("Bearer wrong-key"),
+    ] {
+        let mut req = app.client.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let (status, code, _) = error_of(req.send().await.expect("request")).await;
+        assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"), "{auth:?}");
+    }
+    // With the key it reads Redis, which is down here.
+    let resp = app
+        .client
+        .get(&url)
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .send()
+        .await
+        .expect("request");
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (503, "SERVICE_UNAVAILABLE"));
+    let (status, code, _) = error_of(app.client.post(&url).send().await.expect("request")).await;
+    assert_eq!((status, code.as_str()), (405, "METHOD_NOT_ALLOWED"));
+}

@@ -45,6 +45,17 @@ const CANCELLED_BODY: &[u8] =
 const NONCE: &str = "bench-nonce";
 const PHD: &str = "bench-phone-digest";
 
+/// The history's `pushed` entry of a bench payment.
+fn pushed() -> stk_relay_shared::history::Pushed {
+    stk_relay_shared::history::Pushed {
+        amount: 1,
+        phone_number: "2547******92".into(),
+        account_reference: "BENCH".into(),
+        description: None,
+        webhook: false,
+    }
+}
+
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_721_555_490, 0).expect("a valid time")
 }
@@ -157,7 +168,9 @@ fn store(c: &mut Criterion) {
             |(pending, id)| {
                 let (fresh, outcome, binding) = (&fresh, &outcome, &binding);
                 async move {
-                    let r = fresh.record_pending(&pending, NONCE, PHD, "").await;
+                    let r = fresh
+                        .record_pending(&pending, NONCE, PHD, "", &pushed())
+                        .await;
                     assert!(matches!(r, Ok(RecordOutcome::Pending(_))), "{r:?}");
                     let a = fresh
                         .apply_callback(&id, NONCE, outcome, binding, false)
@@ -177,7 +190,7 @@ fn store(c: &mut Criterion) {
     let id = cb.checkout_request_id.clone();
     rt.block_on(async {
         let r = final_store
-            .record_pending(&pending_for(&cb, id.clone()), NONCE, PHD, "")
+            .record_pending(&pending_for(&cb, id.clone()), NONCE, PHD, "", &pushed())
             .await;
         assert!(matches!(r, Ok(RecordOutcome::Pending(_))), "{r:?}");
         let a = final_store

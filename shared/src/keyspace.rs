@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `<prefix>:pay:{<checkout_request_id>}` | hash | `state` (STATE JSON), `status`, `version`, `cbt` (callback token id), `early` |
 //! | `<prefix>:pay:{<checkout_request_id>}:ch` | pub/sub channel | STATE JSON of each new version |
+//! | `<prefix>:pay:{<checkout_request_id>}:hist` | list | the payment's history entries (JSON, oldest first, at most `history::MAX_ENTRIES`), with the payment's TTL |
 //! | `<prefix>:idem:{<sha256 hex>}` | hash | idempotency record of one `POST /v1/stk/push` |
 //! | `<prefix>:node:{<random id>}:probe` | pub/sub channel | liveness probes of one node's subscriber connection |
 //! | `<prefix>:reconcile:{q}:due` | sorted set | pending payments by the time (ms) they are next due for an STK Push Query |
@@ -51,6 +52,12 @@ impl Keyspace {
     /// The channel on which one payment's new states are published.
     pub fn payment_channel(&self, id: &CheckoutRequestId) -> String {
         format!("{}:pay:{{{}}}:ch", self.prefix, id.as_str())
+    }
+
+    /// The list of one payment's history entries (same hash tag as the payment, so
+    /// `payment.lua` writes it in the same step, also in Redis Cluster).
+    pub fn payment_history(&self, id: &CheckoutRequestId) -> String {
+        format!("{}:pay:{{{}}}:hist", self.prefix, id.as_str())
     }
 
     /// A channel only one broker instance subscribes to, used to prove end to end that
@@ -135,6 +142,7 @@ mod tests {
         let id = CheckoutRequestId::parse("ws_CO_1").unwrap();
         assert_eq!(ks.payment(&id), "stk:pay:{ws_CO_1}");
         assert_eq!(ks.payment_channel(&id), "stk:pay:{ws_CO_1}:ch");
+        assert_eq!(ks.payment_history(&id), "stk:pay:{ws_CO_1}:hist");
         assert_eq!(
             ks.checkout_id_of_channel("stk:pay:{ws_CO_1}:ch"),
             Some("ws_CO_1")

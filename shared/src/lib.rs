@@ -4,6 +4,7 @@
 //! - [`daraja`]: Daraja wire formats, password/timestamp, callback parsing, the client.
 //! - [`payment`]: `PaymentState` (the public STATE) and its one transition.
 //! - [`api`]: the public API's wire types and the stable error-code table.
+//! - [`history`]: a payment's history entries (wire type, stored form, bound).
 //! - [`keyspace`]: the only place Redis key and channel names are built.
 //! - [`store`]: payment state in Redis or in memory: the one set of rules that changes a status.
 //! - [`broker`]: the pub/sub `Broker` trait and its Redis and in-memory implementations.
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod compat;
 pub mod config;
 pub mod daraja;
+pub mod history;
 pub mod http;
 pub mod ids;
 pub mod keyspace;

@@ -6,7 +6,8 @@
 //! trusted outcome, read the state), each with the reply it must get, then the final STATE
 //! and the messages that must have been published on the payment's channel. Every case
 //! runs on both backends; each must match the table, and the two must agree on every
-//! state they return and publish (compared as parsed JSON: key order may differ).
+//! state they return and publish (compared as parsed JSON: key order may differ), and on
+//! the payment's history (compared without `at`, the one field whose clock differs).
 //!
 //! The Redis half never skips: without `redis-server` the test fails and says so. The
 //! machine's own Redis is never touched: the test's server listens on a free port of its
@@ -21,6 +22,10 @@ use serde_json::Value;
 use stk_relay_shared::backends::Backends;
 use stk_relay_shared::broker::BrokerEvent;
 use stk_relay_shared::config::RedisSettings;
+use stk_relay_shared::history::{
+    HistoryEvent, PaymentHistory, QueryAnswer, QueryAsked, StoredEntry, WebhookAttempt,
+    WebhookOutcome, MAX_ENTRIES,
+};
 use stk_relay_shared::ids::{CheckoutRequestId, MerchantRequestId};
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::payment::{
@@ -212,6 +217,17 @@ fn query_timeout() -> PaymentOutcome {
     .with_source(ResultSource::StkQuery)
 }
 
+/// The push as the gateway normalises it for the history.
+fn pushed() -> stk_relay_shared::history::Pushed {
+    stk_relay_shared::history::Pushed {
+        amount: AMOUNT,
+        phone_number: PHONE.into(),
+        account_reference: "ORDER-1".into(),
+        description: Some("Payment".into()),
+        webhook: false,
+    }
+}
+
 fn binding(mrid: &str, phd: &str) -> CallbackBinding {
     CallbackBinding {
         mrid: mrid.into(),
@@ -273,6 +289,8 @@ enum Step {
     Get {
         expect: Option<(PaymentStatus, u64)>,
     },
+    /// `append_history` of one webhook attempt with this outcome.
+    Webhook(WebhookOutcome),
 }
 
 fn pending(nonce: &str, expect: Rec) -> Step {
@@ -394,6 +412,38 @@ struct Case {
     /// The `amountMismatch` field after the steps (read from Redis only: the memory table
     /// has no reader for it; its unit tests check it).
     flag: Option<&'static str>,
+    /// The history after the steps, one [`summary`] per entry, and how many entries were
+    /// dropped; `None`: not pinned (the backends must still agree).
+    history: Option<(Vec<String>, u64)>,
+}
+
+/// An expected history: `entries` summaries, `truncated` dropped.
+fn hist(entries: &[&str], truncated: u64) -> Option<(Vec<String>, u64)> {
+    Some((entries.iter().map(|e| (*e).to_owned()).collect(), truncated))
+}
+
+/// One entry in a word: `pushed`, `callback:<decision>[:<fields>]`, `query_asked`,
+/// `query_answer:<code>`, `webhook_attempt:<outcome>`, `final:<cause>:<status>:v<version>`.
+fn summary(e: &HistoryEvent) -> String {
+    let j = serde_json::to_value(e).unwrap_or_default();
+    let s = |k: &str| match &j[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    };
+    match e {
+        HistoryEvent::Pushed(_) => "pushed".into(),
+        HistoryEvent::Callback(c) => match &c.fields {
+            Some(f) => format!("callback:{}:{}", s("decision"), f.join(",")),
+            None => format!("callback:{}", s("decision")),
+        },
+        HistoryEvent::QueryAsked(_) => "query_asked".into(),
+        HistoryEvent::QueryAnswer(_) => format!("query_answer:{}", s("resultCode")),
+        HistoryEvent::WebhookAttempt(_) => format!("webhook_attempt:{}", s("outcome")),
+        HistoryEvent::Final(_) => {
+            format!("final:{}:{}:v{}", s("cause"), s("status"), s("version"))
+        }
+    }
 }
 
 const SUCCESS_V2: (PaymentStatus, u64) = (PaymentStatus::Success, 2);
@@ -424,6 +474,10 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: hist(
+                &["pushed", "callback:applied", "final:callback:SUCCESS:v2"],
+                0,
+            ),
         },
         Case {
             name: "pending_then_cancelled_with_metadata",
@@ -434,6 +488,10 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::CancelledByUser, ResultSource::Callback),
             published: vec![(Failed, 2)],
             flag: None,
+            history: hist(
+                &["pushed", "callback:applied", "final:callback:FAILED:v2"],
+                0,
+            ),
         },
         Case {
             name: "duplicate_callback",
@@ -446,6 +504,16 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "callback:applied",
+                    "final:callback:SUCCESS:v2",
+                    "callback:duplicate",
+                    "callback:duplicate",
+                ],
+                0,
+            ),
         },
         Case {
             name: "early_then_pending",
@@ -458,6 +526,10 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: hist(
+                &["callback:early", "pushed", "final:callback:SUCCESS:v2"],
+                0,
+            ),
         },
         Case {
             name: "early_then_pending_mismatch",
@@ -468,6 +540,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: Some("amount"),
+            history: hist(&["callback:early", "pushed"], 0),
         },
         Case {
             name: "early_with_confirm_then_query",
@@ -480,6 +553,7 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "early_of_another_nonce_is_dropped",
@@ -491,6 +565,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: None,
+            history: None,
         },
         Case {
             name: "pending_retry_same_nonce",
@@ -501,6 +576,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: None,
+            history: hist(&["pushed"], 0),
         },
         Case {
             name: "pending_other_nonce",
@@ -508,6 +584,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: None,
+            history: None,
         },
         Case {
             name: "callback_wrong_nonce",
@@ -520,6 +597,15 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "callback:forbidden",
+                    "callback:applied",
+                    "final:callback:SUCCESS:v2",
+                ],
+                0,
+            ),
         },
         Case {
             name: "amount_mismatch",
@@ -531,6 +617,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: Some("amount"),
+            history: hist(&["pushed", "callback:mismatch:amount"], 0),
         },
         Case {
             name: "merchant_request_id_mismatch",
@@ -547,6 +634,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: Some("merchantRequestId"),
+            history: None,
         },
         Case {
             name: "phone_mismatch_on_success",
@@ -563,6 +651,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: Some("phone"),
+            history: None,
         },
         Case {
             name: "phone_not_checked_on_failure",
@@ -579,6 +668,7 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::CancelledByUser, ResultSource::Callback),
             published: vec![(Failed, 2)],
             flag: None,
+            history: None,
         },
         Case {
             name: "phone_not_checked_without_pushed_digest",
@@ -589,6 +679,7 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "no_pushed_amount_no_callback_success",
@@ -607,6 +698,7 @@ fn cases() -> Vec<Case> {
             }),
             published: vec![SUCCESS_V2],
             flag: Some("amount"),
+            history: None,
         },
         Case {
             name: "everything_mismatches",
@@ -623,6 +715,7 @@ fn cases() -> Vec<Case> {
             end: still_pending(),
             published: vec![],
             flag: Some("merchantRequestId,amount,phone"),
+            history: None,
         },
         Case {
             name: "confirm_then_query_success_applies_kept_receipt",
@@ -636,6 +729,17 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "callback:awaiting_confirmation",
+                    "query_asked",
+                    "query_answer:0",
+                    "final:query:SUCCESS:v2",
+                    "callback:duplicate",
+                ],
+                0,
+            ),
         },
         Case {
             name: "confirm_then_query_failure",
@@ -647,6 +751,7 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::Timeout, ResultSource::StkQuery),
             published: vec![(Failed, 2)],
             flag: None,
+            history: None,
         },
         Case {
             name: "confirm_does_not_hold_a_failure",
@@ -657,6 +762,7 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::CancelledByUser, ResultSource::Callback),
             published: vec![(Failed, 2)],
             flag: None,
+            history: None,
         },
         Case {
             name: "trusted_failure",
@@ -667,6 +773,15 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::Timeout, ResultSource::StkQuery),
             published: vec![(Failed, 2)],
             flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "query_asked",
+                    "query_answer:1037",
+                    "final:query:FAILED:v2",
+                ],
+                0,
+            ),
         },
         Case {
             name: "trusted_success_has_no_receipt",
@@ -684,6 +799,7 @@ fn cases() -> Vec<Case> {
             }),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "trusted_on_unknown",
@@ -691,6 +807,7 @@ fn cases() -> Vec<Case> {
             end: None,
             published: vec![],
             flag: None,
+            history: None,
         },
         Case {
             name: "trusted_on_early_only",
@@ -702,6 +819,7 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "trusted_after_final",
@@ -713,6 +831,7 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "unconfirmed_then_corrected_once",
@@ -728,6 +847,20 @@ fn cases() -> Vec<Case> {
             end: paid_by(3, ResultSource::Callback),
             published: vec![(Failed, 2), (Success, 3)],
             flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "final:unconfirmed:FAILED:v2",
+                    "query_asked",
+                    "query_answer:0",
+                    "callback:corrected",
+                    "final:correction:SUCCESS:v3",
+                    "callback:duplicate",
+                    "query_asked",
+                    "query_answer:0",
+                ],
+                0,
+            ),
         },
         Case {
             name: "unconfirmed_then_mismatching_callback",
@@ -740,6 +873,7 @@ fn cases() -> Vec<Case> {
             end: failed(FailureReason::Unconfirmed, ResultSource::Reconciliation),
             published: vec![(Failed, 2)],
             flag: Some("amount"),
+            history: None,
         },
         Case {
             name: "early_records_cap",
@@ -747,6 +881,7 @@ fn cases() -> Vec<Case> {
             end: paid_by(2, ResultSource::Callback),
             published: vec![SUCCESS_V2],
             flag: None,
+            history: None,
         },
         Case {
             name: "get_unknown",
@@ -754,7 +889,83 @@ fn cases() -> Vec<Case> {
             end: None,
             published: vec![],
             flag: None,
+            history: None,
         },
+        Case {
+            name: "history_webhook_attempts",
+            steps: vec![
+                pending("n1", Rec::Pending),
+                callback("n1", success(), A::Applied),
+                Step::Webhook(WebhookOutcome::Retry),
+                Step::Webhook(WebhookOutcome::Delivered),
+            ],
+            end: paid_by(2, ResultSource::Callback),
+            published: vec![SUCCESS_V2],
+            flag: None,
+            history: hist(
+                &[
+                    "pushed",
+                    "callback:applied",
+                    "final:callback:SUCCESS:v2",
+                    "webhook_attempt:retry",
+                    "webhook_attempt:delivered",
+                ],
+                0,
+            ),
+        },
+        Case {
+            name: "history_not_written_for_unknown",
+            steps: vec![Step::Webhook(WebhookOutcome::Dead), get(None)],
+            end: None,
+            published: vec![],
+            flag: None,
+            history: None,
+        },
+        history_bound_case(),
+    ]
+}
+
+/// More entries than the bound: the earliest are kept (`pushed` first), the places
+/// reserved for `final` entries take the final decision, the rest are counted.
+fn history_bound_case() -> Case {
+    let extra = 70;
+    let mut steps = vec![pending("n1", Rec::Pending)];
+    steps.extend((0..extra).map(|_| callback("n2", success(), Apply::Forbidden)));
+    steps.push(callback("n1", success(), Apply::Applied));
+    let kept_forbidden = MAX_ENTRIES - 2 - 1;
+    let mut entries = vec!["pushed".to_owned()];
+    entries.extend((0..kept_forbidden).map(|_| "callback:forbidden".to_owned()));
+    entries.push("final:callback:SUCCESS:v2".to_owned());
+    // The forbidden callbacks with no room, and the applied callback's own entry.
+    let dropped = (extra - kept_forbidden + 1) as u64;
+    Case {
+        name: "history_bound",
+        steps,
+        end: paid_by(2, ResultSource::Callback),
+        published: vec![SUCCESS_V2],
+        flag: None,
+        history: Some((entries, dropped)),
+    }
+}
+
+/// What reconciliation hands the store with a Query verdict.
+fn query_entries(outcome: &PaymentOutcome) -> Vec<StoredEntry> {
+    if outcome.result_source != Some(ResultSource::StkQuery) {
+        return Vec::new();
+    }
+    vec![
+        StoredEntry::new(
+            outcome.completed_at,
+            HistoryEvent::QueryAsked(QueryAsked {}),
+        ),
+        StoredEntry::new(
+            outcome.completed_at,
+            HistoryEvent::QueryAnswer(QueryAnswer {
+                result_code: outcome.result_code.clone(),
+                result_desc: Some(outcome.result_desc.clone()),
+                error: None,
+            }),
+        ),
     ]
 }
 
@@ -769,6 +980,8 @@ struct Trace {
     end: Option<Value>,
     /// Every message published on the channel, parsed.
     published: Vec<Value>,
+    /// The history's entries without `at`, and `truncated`.
+    history: Option<(Vec<HistoryEvent>, u64)>,
 }
 
 fn parse(json: &str) -> Value {
@@ -857,7 +1070,7 @@ async fn run_case(
                 state.amount = *amount;
                 let r = bounded(
                     "record_pending",
-                    store.record_pending(&state, nonce, phd, ""),
+                    store.record_pending(&state, nonce, phd, "", &pushed()),
                 )
                 .await?;
                 let (got, state) = record_kind(&r);
@@ -895,7 +1108,11 @@ async fn run_case(
                 (format!("{got:?}"), state.map(parse))
             }
             Step::Trusted { outcome, expect } => {
-                let r = bounded("apply_trusted", store.apply_trusted(&id, outcome)).await?;
+                let r = bounded(
+                    "apply_trusted",
+                    store.apply_trusted(&id, outcome, &query_entries(outcome)),
+                )
+                .await?;
                 let (got, state) = apply_kind(&r);
                 if got != *expect {
                     fail(
@@ -915,6 +1132,22 @@ async fn run_case(
                     fail(i, format!("get: expected {expect:?}, got {got:?}"));
                 }
                 ("Get".to_owned(), state)
+            }
+            Step::Webhook(outcome) => {
+                let attempt = WebhookAttempt {
+                    event_id: format!("evt_{}_v2", id.as_str()),
+                    attempt: 1,
+                    http_status: Some(500),
+                    error: None,
+                    outcome: *outcome,
+                };
+                let entry = StoredEntry::new(Utc::now(), HistoryEvent::WebhookAttempt(attempt));
+                bounded::<_, std::convert::Infallible>("append_history", async {
+                    store.append_history(&id, &[entry]).await;
+                    Ok(())
+                })
+                .await?;
+                ("Webhook".to_owned(), None)
             }
         };
         trace.steps.push((kind, state));
@@ -982,6 +1215,83 @@ async fn run_case(
         );
     }
 
+    // The history: `at` stamped now (by either clock), then the table's entries.
+    let started = Utc::now() - chrono::Duration::minutes(1);
+    let history: Option<PaymentHistory> = bounded("history", store.history(&id)).await?;
+    if let Some(h) = &history {
+        let future = Utc::now() + chrono::Duration::minutes(1);
+        // Entries from a query carry the outcome's (fixed, past) time; the rest are now.
+        for e in &h.entries {
+            let from_query = matches!(
+                e.event,
+                HistoryEvent::QueryAsked(_) | HistoryEvent::QueryAnswer(_)
+            );
+            if !from_query && (e.at < started || e.at > future) {
+                fail(
+                    case.steps.len(),
+                    format!("history entry stamped {}: {e:?}", e.at),
+                );
+            }
+        }
+        if h.checkout_request_id != id.as_str() {
+            fail(
+                case.steps.len(),
+                format!("history of {}", h.checkout_request_id),
+            );
+        }
+    }
+    if history.is_none() && case.end.is_some() {
+        fail(
+            case.steps.len(),
+            "no history for a known payment".to_owned(),
+        );
+    }
+    trace.history = history.as_ref().map(|h| {
+        (
+            h.entries.iter().map(|e| e.event.clone()).collect(),
+            h.truncated,
+        )
+    });
+    if let Some((want, truncated)) = &case.history {
+        let got = history.as_ref().map(|h| {
+            let entries: Vec<String> = h.entries.iter().map(|e| summary(&e.event)).collect();
+            (entries, h.truncated)
+        });
+        if got.as_ref() != Some(&(want.clone(), *truncated)) {
+            fail(
+                case.steps.len(),
+                format!("history: expected {:?}, got {got:?}", (want, truncated)),
+            );
+        }
+    }
+    // Redis: the list keeps the payment's TTL, and nothing is left for an unknown one.
+    if let Some(url) = redis_url {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let mut conn = bounded("connect", client.get_multiplexed_async_connection()).await?;
+        let (hash_ttl, list_ttl): (i64, i64) = bounded(
+            "PTTL",
+            redis::pipe()
+                .cmd("PTTL")
+                .arg(keys.payment(&id))
+                .cmd("PTTL")
+                .arg(keys.payment_history(&id))
+                .query_async(&mut conn),
+        )
+        .await?;
+        let same = (hash_ttl - list_ttl).abs() < 2_000;
+        if hash_ttl == -2 && list_ttl != -2 {
+            fail(
+                case.steps.len(),
+                format!("history without its payment (PTTL {list_ttl})"),
+            );
+        } else if hash_ttl > 0 && !same {
+            fail(
+                case.steps.len(),
+                format!("history PTTL {list_ttl} ms, payment PTTL {hash_ttl} ms"),
+            );
+        }
+    }
+
     // The mismatch flag, straight from Redis.
     if let Some(url) = redis_url {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
@@ -1016,6 +1326,12 @@ fn compare(case: &str, memory: &Trace, redis: &Trace) -> Vec<String> {
         out.push(format!(
             "{case}: final state: memory {:?} but redis {:?}",
             memory.end, redis.end
+        ));
+    }
+    if memory.history != redis.history {
+        out.push(format!(
+            "{case}: history: memory {:?} but redis {:?}",
+            memory.history, redis.history
         ));
     }
     if memory.published != redis.published {

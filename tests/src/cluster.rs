@@ -460,6 +460,50 @@ impl Cluster {
         req.send().await.context("GET /v1/payments/{id}")
     }
 
+    /// `GET /v1/payments/{id}/history`; returns the raw response.
+    pub async fn get_history(
+        &self,
+        gw: usize,
+        id: &str,
+        auth: Auth<'_>,
+    ) -> Result<reqwest::Response> {
+        let mut url = reqwest::Url::parse(&format!(
+            "{}/v1/payments/{id}/history",
+            self.gateway(gw).url()
+        ))?;
+        let req = match auth {
+            Auth::Query(t) => {
+                url.query_pairs_mut().append_pair("token", t);
+                self.http.get(url)
+            }
+            Auth::Bearer(t) => self.http.get(url).bearer_auth(t),
+            Auth::None => self.http.get(url),
+        };
+        req.timeout(STEP)
+            .send()
+            .await
+            .context("GET /v1/payments/{id}/history")
+    }
+
+    /// A payment's history through `GET /v1/payments/{id}/history` with the API key,
+    /// and the body as received.
+    pub async fn payment_history(
+        &self,
+        gw: usize,
+        id: &str,
+    ) -> Result<(stk_relay_shared::history::PaymentHistory, String)> {
+        let resp = self
+            .get_history(gw, id, Auth::Bearer(&self.api_key))
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status != reqwest::StatusCode::OK {
+            bail!("GET history {id} via gateway{gw}: {status}: {text}");
+        }
+        let h = serde_json::from_str(&text).with_context(|| format!("not a history: {text}"))?;
+        Ok((h, text))
+    }
+
     /// The current state through `GET /v1/payments/{id}?token=`.
     pub async fn payment_state(&self, gw: usize, id: &str, token: &str) -> Result<PaymentState> {
         let resp = self.get_payment(gw, id, Auth::Query(token)).await?;

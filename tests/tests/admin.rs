@@ -129,6 +129,41 @@ async fn admin_reads_payments_spool_and_checks_the_node() -> Result<()> {
             && j.get("nextQueryAt").is_none(),
         "completed payment: {j}"
     );
+    // Its history: the table's lines, and the same entries in the JSON.
+    let lines: Vec<&str> = table.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("history: 3 entries"))
+        .with_context(|| format!("no history header:\n{table}"))?;
+    let entries = &lines[at + 2..];
+    ensure!(
+        entries.len() == 3
+            && entries[0].contains(" pushed ")
+            && entries[0].contains("accountReference=E2E")
+            && entries[0].contains(&format!("phoneNumber={}", masked(&done_phone)))
+            && entries[1].contains(" callback ")
+            && entries[1].contains("decision=applied")
+            && entries[1].contains(&format!("mpesaReceiptNumber={receipt}"))
+            && entries[2].contains(" final ")
+            && entries[2].contains("cause=callback")
+            && entries[2].contains("status=SUCCESS"),
+        "history lines:\n{table}"
+    );
+    let kinds: Vec<&str> = j["history"]["entries"]
+        .as_array()
+        .with_context(|| format!("no history in the JSON: {j}"))?
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    ensure!(
+        kinds == ["pushed", "callback", "final"] && j["history"]["truncated"] == 0,
+        "history in the JSON: {j}"
+    );
+    ensure!(
+        j["history"]["entries"][1]["decision"] == "applied"
+            && j["history"]["entries"][2]["cause"] == "callback",
+        "{j}"
+    );
 
     // payment show: pending.
     let pid = pending[0].checkout_request_id.as_str();
@@ -146,6 +181,10 @@ async fn admin_reads_payments_spool_and_checks_the_node() -> Result<()> {
             && j["state"]["completedAt"].is_null()
             && j["nextQueryAt"].is_string(),
         "pending payment: {j}"
+    );
+    ensure!(
+        table.contains("history: 1 entry") && j["history"]["entries"][0]["type"] == "pushed",
+        "pending payment's history: {table}\n{j}"
     );
 
     // An unknown id: a clear message and exit code 1.
@@ -319,6 +358,14 @@ async fn admin_reads_a_redis_cluster() -> Result<()> {
         j["state"]["status"] == "SUCCESS" && j["state"]["mpesaReceiptNumber"] == receipt.as_str(),
         "{j}"
     );
+    // The history list shares the payment's slot: payment.lua wrote it in Cluster mode.
+    let kinds: Vec<&str> = j["history"]["entries"]
+        .as_array()
+        .with_context(|| format!("no history in the JSON: {j}"))?
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    ensure!(kinds == ["pushed", "callback", "final"], "{j}");
     let j = run_json(
         &env,
         &["payment", "show", &pending.checkout_request_id],

@@ -91,6 +91,33 @@ async fn in_memory_push_completes_over_websocket_and_demo_endpoints_answer() -> 
     ensure!(done.data.status.as_str() == "SUCCESS", "{:?}", done.data);
     ensure!(done.data.mpesa_receipt_number.is_some(), "{:?}", done.data);
 
+    // Its history, kept by the memory store: written with the final state it published.
+    let history_url = format!("{base}/v1/payments/{}/history", paid.checkout_request_id);
+    let r = http()?
+        .get(&history_url)
+        .bearer_auth(api_key)
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "history: {}", r.status());
+    let h: stk_relay_shared::history::PaymentHistory = r.json().await?;
+    let kinds: Vec<_> = h.entries.iter().map(|e| e.event.kind()).collect();
+    ensure!(kinds == ["pushed", "callback", "final"], "{h:?}");
+    let raw = serde_json::to_string(&h)?;
+    ensure!(
+        raw.contains("2547******49") && !raw.contains("254708374149"),
+        "phone not masked: {raw}"
+    );
+    let r = http()?
+        .get(&history_url)
+        .bearer_auth(&paid.token)
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 401,
+        "history with a subscribe token: {}",
+        r.status()
+    );
+
     // The demo's endpoints: config, a push without an API key, a named field on error.
     let client = http()?;
     let config: Value = client

@@ -10,6 +10,8 @@
 //!   the event is dead-lettered (`stk-relay-admin webhooks dead`), and a replay
 //!   (`webhooks replay`) delivers it.
 //! - A push naming its own webhook URL: allowed hosts only.
+//! - Each attempt is in the payment's history (`webhook_attempt`), with its status and
+//!   outcome, and the webhook URL is not.
 
 use std::time::Duration;
 
@@ -20,8 +22,9 @@ use sha2::Sha256;
 use stk_relay_e2e::admin::{gateway_env, run_json};
 use stk_relay_e2e::cluster::kv;
 use stk_relay_e2e::webhook_receiver::{Event, Received, Receiver, Reply};
-use stk_relay_e2e::{daraja, sim, Cluster, ClusterOptions, STEP};
+use stk_relay_e2e::{daraja, sim, wait, Cluster, ClusterOptions, STEP};
 use stk_relay_shared::api::{PushRequest, PushResponse};
+use stk_relay_shared::history::{HistoryEvent, WebhookOutcome};
 
 const SECRET: &str = "e2e-webhook-secret-0123456789abcdef-xyz";
 
@@ -156,6 +159,51 @@ async fn failed_attempts_are_retried_until_acknowledged_with_one_signed_event() 
     // Acknowledged: nothing left to send.
     let (queued, dead) = queue_sizes(&c).await?;
     ensure!(queued == 0 && dead == 0, "queued {queued}, dead {dead}");
+    // The payment's history: every attempt, its status and outcome; never the URL.
+    let (h, raw) = wait::until("four webhook attempts in the history", STEP, || async {
+        let (h, raw) = c.payment_history(1, &p.checkout_request_id).await?;
+        let n = h
+            .entries
+            .iter()
+            .filter(|e| matches!(e.event, HistoryEvent::WebhookAttempt(_)))
+            .count();
+        Ok((n >= 4).then_some((h, raw)))
+    })
+    .await?;
+    let attempts: Vec<_> = h
+        .entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            HistoryEvent::WebhookAttempt(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        attempts
+            .iter()
+            .all(|a| a.event_id == id && a.error.is_none()),
+        "{attempts:?}"
+    );
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.http_status, a.outcome))
+        .collect();
+    use WebhookOutcome::{Delivered, Retry};
+    ensure!(
+        summary
+            == [
+                (1, Some(500), Retry),
+                (2, Some(503), Retry),
+                (3, Some(404), Retry),
+                (4, Some(200), Delivered)
+            ],
+        "{summary:?}"
+    );
+    ensure!(
+        matches!(&h.entries[0].event, HistoryEvent::Pushed(p) if p.webhook),
+        "the push had a webhook target: {h:?}"
+    );
+    ensure!(!raw.contains(rx.url()) && !raw.contains(SECRET), "{raw}");
     eprintln!(
         "webhook_retries: 4 attempts in {:?}, one event id, all signatures verified",
         got[3].at - got[0].at

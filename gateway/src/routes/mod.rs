@@ -1,7 +1,8 @@
 //! HTTP handlers of the gateway.
 //!
 //! - [`push`]: `POST /v1/stk/push` (merchant backend).
-//! - [`payments`]: `GET /v1/payments/{id}`, `/ws` and `/events` (browsers).
+//! - [`payments`]: `GET /v1/payments/{id}`, `/ws` and `/events` (browsers), and
+//!   `/history` (merchant backend).
 //! - [`health`]: `GET /healthz`, `GET /readyz`.
 //! - [`demo`]: the demo checkout (standalone mode only) and `GET /v1/client.js`.
 //! - [`compat`]: `/sessions/{token}/initiate` and `/websocket`, the Durable Objects
@@ -92,7 +93,7 @@ pub async fn fallback(req: HttpRequest) -> HttpResponse {
         has_id
             && matches!(
                 (parts.next(), parts.next()),
-                (None, None) | (Some("ws" | "events"), None)
+                (None, None) | (Some("ws" | "events" | "history"), None)
             )
     });
     let known = p == "/v1/stk/push"

@@ -1,5 +1,7 @@
-//! Browser-facing reads of one payment:
+//! Reads of one payment:
 //! - `GET /v1/payments/{id}`: the current STATE (token or API key).
+//! - `GET /v1/payments/{id}/history`: what happened to it, in order (API key only: it is
+//!   for the merchant's backend; a browser's subscribe token is refused).
 //! - `GET /v1/payments/{id}/ws?token=`: WebSocket.
 //! - `GET /v1/payments/{id}/events?token=`: Server-Sent Events, the same messages.
 
@@ -14,7 +16,7 @@ use stk_relay_shared::metrics::{self, Transport};
 use stk_relay_shared::shutdown::Shutdown;
 use tracing::Instrument;
 
-use crate::auth::require_payment_access;
+use crate::auth::{require_api_key, require_payment_access};
 use crate::error::ApiError;
 use crate::feed::{FeedError, FeedEvent, PaymentFeed};
 use crate::startup::{AppState, ConnectionGuard};
@@ -104,6 +106,33 @@ pub async fn get_payment(
         .get(&id)
         .await?
         .ok_or(ApiError::PaymentNotFound)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(stk_relay_shared::text::escape_json_for_html(&json).into_owned()))
+}
+
+#[tracing::instrument(name = "payment_history", skip_all, fields(checkout_request_id = tracing::field::Empty))]
+pub async fn history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_api_key(&req, &state.api_keys)?;
+    let id = CheckoutRequestId::parse(&path).map_err(|_| ApiError::PaymentNotFound)?;
+    stk_relay_shared::http::record_checkout_request_id(
+        &stk_relay_shared::http::request_span(&req),
+        id.as_str(),
+    );
+    if state.pending.is_queued(&id) {
+        return Err(ApiError::Unavailable("pending write queued".into()));
+    }
+    let history = state
+        .store
+        .history(&id)
+        .await?
+        .ok_or(ApiError::PaymentNotFound)?;
+    let json = serde_json::to_string(&history).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("Cache-Control", "no-store"))

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use stk_relay_shared::api::{PushRequest, PushResponse};
 use stk_relay_shared::daraja::client::StkPush;
 use stk_relay_shared::daraja::DarajaError;
+use stk_relay_shared::history::Pushed;
 use stk_relay_shared::http::{record_checkout_request_id, request_span};
 use stk_relay_shared::ids::{
     AccountReference, Amount, CheckoutRequestId, MerchantRequestId, Msisdn, TransactionDesc,
@@ -372,6 +373,14 @@ async fn initiate(
         "{}/v1/callbacks/stk/{}",
         state.settings.callbacks.public_base_url, cb.token
     );
+    // The push as normalised, for the payment's history: masked phone, no URL or token.
+    let pushed = Pushed {
+        amount: push.amount.get(),
+        phone_number: push.phone.masked(),
+        account_reference: push.account_reference.as_str().to_owned(),
+        description: push.description.as_ref().map(|d| d.as_str().to_owned()),
+        webhook: !webhook.is_empty(),
+    };
     tracing::info!(phone = %push.phone, amount = push.amount.get(), "sending STK push");
     let resp = state
         .daraja
@@ -446,6 +455,7 @@ async fn initiate(
         nonce: cb.nonce,
         phone_digest: state.callback_tokens.phone_digest(&push.phone),
         webhook,
+        pushed,
     };
     let (status, unwritten) = match record_inline(state, &write).await {
         Err(e @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {

@@ -24,6 +24,10 @@
 //! before its correction: a correction is not sent while the final is still queued
 //! (due, or leased to an attempt); once the final is delivered or dead-lettered, it is.
 //!
+//! History: each attempt's outcome is appended to its payment's history
+//! (`webhook_attempt`: event id, attempt number, HTTP status or error kind, delivered,
+//! retry or dead) after it is recorded in the queue, best effort.
+//!
 //! On shutdown the deliverer stops claiming at once; attempts in flight end within their
 //! timeout, or with the process. An attempt whose outcome was not recorded is sent again
 //! when its lease ends, by another gateway or by this one after a restart.
@@ -37,10 +41,12 @@ use chrono::{TimeZone, Utc};
 use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
+use stk_relay_shared::history::{self, HistoryEvent, StoredEntry, WebhookAttempt};
+use stk_relay_shared::ids::CheckoutRequestId;
 use stk_relay_shared::keyspace::Keyspace;
 use stk_relay_shared::metrics::{self, WebhookOutcome};
 use stk_relay_shared::shutdown::Shutdown;
-use stk_relay_shared::store::{RedisPool, StoreError};
+use stk_relay_shared::store::{PaymentStore, RedisPool, StoreError};
 use stk_relay_shared::webhook::{self, EventType, WebhookEvent};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -70,6 +76,8 @@ pub struct Deliverer {
     settings: Arc<MerchantSettings>,
     http: reqwest::Client,
     consumer: Arc<str>,
+    /// Where attempts are recorded in the payments' history.
+    store: PaymentStore,
 }
 
 fn now_ms() -> i64 {
@@ -87,10 +95,21 @@ pub fn backoff(settings: &MerchantSettings, attempts: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// What one attempt came to.
+/// What one attempt came to. `kind` names a failure without a status for the history
+/// (`timeout`, `connect`, `request`, `no_url`, `bad_event`).
 enum Attempt {
     Delivered(u16),
-    Failed { status: Option<u16>, error: String },
+    Failed {
+        status: Option<u16>,
+        error: String,
+        kind: &'static str,
+    },
+}
+
+/// The payment an event id (`evt_<CheckoutRequestID>_v<version>`) is about.
+fn payment_of(event_id: &str) -> Option<CheckoutRequestId> {
+    let (id, _) = event_id.strip_prefix("evt_")?.rsplit_once("_v")?;
+    CheckoutRequestId::parse(id).ok()
 }
 
 impl Deliverer {
@@ -98,6 +117,7 @@ impl Deliverer {
         settings: MerchantSettings,
         pool: RedisPool,
         keys: Keyspace,
+        store: PaymentStore,
     ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout())
@@ -112,6 +132,7 @@ impl Deliverer {
             settings: Arc::new(settings),
             http,
             consumer: Arc::from(format!("gw-{tag:016x}")),
+            store,
         })
     }
 
@@ -224,11 +245,8 @@ impl Deliverer {
     /// One attempt at one event, and its outcome recorded, in a span naming the event
     /// and its payment.
     async fn attempt(&self, record: Record) {
-        let checkout_request_id = record
-            .id
-            .strip_prefix("evt_")
-            .and_then(|s| s.rsplit_once("_v"))
-            .map(|(id, _)| id.to_owned())
+        let checkout_request_id = payment_of(&record.id)
+            .map(|id| id.as_str().to_owned())
             .unwrap_or_default();
         let span = tracing::info_span!("webhook", event_id = %record.id, checkout_request_id = %checkout_request_id);
         tracing::Instrument::instrument(self.attempt_in_span(record), span).await
@@ -237,13 +255,23 @@ impl Deliverer {
     async fn attempt_in_span(&self, mut record: Record) {
         let outcome = self.send(&record).await;
         let now = now_ms();
-        let result = match outcome {
+        let attempt = record.attempts + 1;
+        let (http_status, error_kind) = match &outcome {
+            Attempt::Delivered(status) => (Some(*status), None),
+            Attempt::Failed { status, kind, .. } => {
+                (*status, status.is_none().then(|| (*kind).to_owned()))
+            }
+        };
+        let (result, hist_outcome) = match outcome {
             Attempt::Delivered(status) => {
                 metrics::webhook(WebhookOutcome::Delivered);
-                tracing::info!(status, attempt = record.attempts + 1, "webhook delivered");
-                self.queue.done(&record.id).await
+                tracing::info!(status, attempt, "webhook delivered");
+                (
+                    self.queue.done(&record.id).await,
+                    history::WebhookOutcome::Delivered,
+                )
             }
-            Attempt::Failed { status, error } => {
+            Attempt::Failed { status, error, .. } => {
                 record.attempts += 1;
                 record.last_status = status;
                 record.last_error = Some(error.clone());
@@ -251,19 +279,38 @@ impl Deliverer {
                 if age >= self.settings.max_age() {
                     metrics::webhook(WebhookOutcome::DeadLettered);
                     tracing::error!(attempts = record.attempts, status = ?status, error = %error, "webhook dead-lettered: not delivered within merchant.webhook_max_age_secs");
-                    self.queue.dead(&record, now).await.map(|_| ())
+                    (
+                        self.queue.dead(&record, now).await.map(|_| ()),
+                        history::WebhookOutcome::Dead,
+                    )
                 } else {
                     metrics::webhook(WebhookOutcome::Failed);
                     let wait = backoff(&self.settings, record.attempts);
                     tracing::warn!(attempts = record.attempts, status = ?status, error = %error, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
                     let next = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-                    self.queue.retry(&record, next).await.map(|_| ())
+                    (
+                        self.queue.retry(&record, next).await.map(|_| ()),
+                        history::WebhookOutcome::Retry,
+                    )
                 }
             }
         };
         if let Err(e) = result {
             // The lease still holds the event: it is attempted again when it ends.
             tracing::warn!(error = %e, "could not record a webhook attempt; it is retried when its lease ends");
+        }
+        if let Some(id) = payment_of(&record.id) {
+            let entry = StoredEntry::new(
+                Utc::now(),
+                HistoryEvent::WebhookAttempt(WebhookAttempt {
+                    event_id: record.id.clone(),
+                    attempt,
+                    http_status,
+                    error: error_kind,
+                    outcome: hist_outcome,
+                }),
+            );
+            self.store.append_history(&id, &[entry]).await;
         }
     }
 
@@ -273,6 +320,7 @@ impl Deliverer {
             return Attempt::Failed {
                 status: None,
                 error: format!("unknown event type {:?}", record.kind),
+                kind: "bad_event",
             };
         };
         let created_at = Utc
@@ -286,6 +334,7 @@ impl Deliverer {
                 return Attempt::Failed {
                     status: None,
                     error: format!("stored state is not JSON: {e}"),
+                    kind: "bad_event",
                 }
             }
         };
@@ -300,6 +349,7 @@ impl Deliverer {
                 return Attempt::Failed {
                     status: None,
                     error: format!("encoding the event: {e}"),
+                    kind: "bad_event",
                 }
             }
         };
@@ -312,6 +362,7 @@ impl Deliverer {
             return Attempt::Failed {
                 status: None,
                 error: "merchant.webhook_url is not set".into(),
+                kind: "no_url",
             };
         }
         let t = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
@@ -335,18 +386,23 @@ impl Deliverer {
             Ok(resp) => Attempt::Failed {
                 status: Some(resp.status().as_u16()),
                 error: format!("answered {}", resp.status()),
+                kind: "status",
             },
             // reqwest's error names the URL; keep only its kind (a URL may hold a secret).
-            Err(e) => Attempt::Failed {
-                status: None,
-                error: if e.is_timeout() {
-                    "no answer within merchant.webhook_timeout_ms".into()
+            Err(e) => {
+                let (kind, error) = if e.is_timeout() {
+                    ("timeout", "no answer within merchant.webhook_timeout_ms")
                 } else if e.is_connect() {
-                    "could not connect".into()
+                    ("connect", "could not connect")
                 } else {
-                    "request failed".into()
-                },
-            },
+                    ("request", "request failed")
+                };
+                Attempt::Failed {
+                    status: None,
+                    error: error.into(),
+                    kind,
+                }
+            }
         }
     }
 }

@@ -10,8 +10,9 @@
 //! - [`topology`]: where Redis is (one server, or the primary Sentinel names; plain or
 //!   TLS); the one place that opens connections, for the pool and the broker alike.
 //! - [`payments`]: [`payments::PaymentStore`]: record a pending payment, apply a final
-//!   outcome, read a state. `payment.lua` is the only code that writes a status; it
-//!   writes and publishes atomically.
+//!   outcome, read a state and the payment's history. `payment.lua` is the only code
+//!   that writes a status; it writes, records the history and publishes atomically
+//!   (`history.lua` appends the history entries written from Rust).
 //! - [`schedule`]: [`schedule::Schedule`]: the due set of pending payments for STK Push
 //!   Query and the cluster's shared Query budget (`schedule.lua`).
 //! - [`memory`]: [`memory::MemoryStorage`]: the in-memory backend. Its payment table

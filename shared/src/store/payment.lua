@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  payment hash   <prefix>:pay:{<CheckoutRequestID>}
 -- KEYS[2]  its channel    <prefix>:pay:{<CheckoutRequestID>}:ch   (same hash slot)
--- KEYS[3]  optional: the webhook stream <prefix>:wh:{w}:stream. Given outside Redis
+-- KEYS[3]  its history  <prefix>:pay:{<CheckoutRequestID>}:hist (same hash slot)
+-- KEYS[4]  optional: the webhook stream <prefix>:wh:{w}:stream. Given outside Redis
 --          Cluster only (it lives in another slot); without it no event is appended.
 -- ARGV[1]  mode: "pending" | "final"
 --
@@ -10,11 +11,13 @@
 --   phd (keyed digest of the pushed phone), amountMismatch (what a refused callback got
 --   wrong), early:<nonce> (an outcome that arrived before the pending record, one per
 --   callback token nonce, never overwritten), wh (where the payment's webhook events go:
---   "*" the configured merchant.webhook_url, or the push's own URL; absent: none).
+--   "*" the configured merchant.webhook_url, or the push's own URL; absent: none),
+--   histDropped (history entries not kept because the list was full).
 --
 -- mode "pending": ARGV[2] nonce, ARGV[3] pending STATE JSON, ARGV[4] ttl seconds,
 --                 ARGV[5] phone digest, ARGV[6] optional webhook target ("" or absent:
---                 none; "*": the configured URL; otherwise the push's URL)
+--                 none; "*": the configured URL; otherwise the push's URL), ARGV[7]
+--                 history entries to append (a JSON array: the `pushed` entry)
 --   -> {"PENDING", state} | {"FINAL", state} (the early callback of this nonce applied)
 --      | {"PENDING_MISMATCH", state, fields} (its early callback did not match the push)
 --      | {"PENDING_CONFIRM", state} (its early callback is a success awaiting confirmation)
@@ -25,7 +28,10 @@
 --                 seconds, ARGV[5] early ttl seconds, ARGV[6] binding JSON
 --                 {"phd":…,"mrid":…} (what the callback says it is for; "" fields are
 --                 not checked), ARGV[7] most early records kept per payment, ARGV[8]
---                 "1" when a success must be confirmed by STK Push Query first
+--                 "1" when a success must be confirmed by STK Push Query first,
+--                 ARGV[9] history entries to append before the decision's own (a JSON
+--                 array: the `callback` entry, or a trusted source's `query_asked` and
+--                 `query_answer`; "" or absent: none)
 --   -> {"APPLIED", state} | {"CORRECTED", state} (version 3 after UNCONFIRMED)
 --      | {"MISMATCH", fields} | {"AWAITING_CONFIRMATION"} | {"DUPLICATE", state or ""}
 --      | {"EARLY"} | {"EARLY_FULL"} | {"FORBIDDEN"} | {"NOT_FOUND"}
@@ -41,14 +47,73 @@
 -- recorded, and the caller hands the payment to reconciliation (STK Push Query).
 --
 -- A final state is written and published in the same script, so a subscriber that
--- subscribes first and then reads can never miss it. With KEYS[3] and a webhook target,
+-- subscribes first and then reads can never miss it. With KEYS[4] and a webhook target,
 -- the same step appends the webhook event (id evt_<CheckoutRequestID>_v<version>, type
 -- payment.final or payment.corrected, the target, the STATE) to the stream, so nothing
 -- is published that is not also queued for the merchant's backend. A final state never changes, with
 -- one exception: a genuine callback for a payment closed as UNCONFIRMED is recorded as a
 -- correction, version 3, once.
+--
+-- History (KEYS[3], see shared/src/history.rs): the caller's entries are appended in the
+-- same step as the decision, each `callback` entry with the script's `decision` (and the
+-- mismatching `fields`), then a `final` entry {cause, status, reason, version} whenever a
+-- final state is written. An entry without `at` is stamped with Redis's clock (TIME, in
+-- Unix ms). At most HIST_MAX entries; the last HIST_FINAL_RESERVE places are only for
+-- `final` entries; an entry with no room is counted in the hash's `histDropped`. Nothing
+-- is appended where no record exists (NOT_FOUND). After a write the list takes the
+-- payment hash's remaining TTL.
 
 local null = cjson.null
+
+local HIST_MAX = 64
+local HIST_FINAL_RESERVE = 2
+local hist_written = false
+local hist_now = nil
+
+local function now_ms()
+  if not hist_now then
+    local t = redis.call('TIME')
+    hist_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return hist_now
+end
+
+local function hist(e)
+  if e['at'] == nil then
+    e['at'] = now_ms()
+  end
+  local room = HIST_MAX - HIST_FINAL_RESERVE
+  if e['type'] == 'final' then
+    room = HIST_MAX
+  end
+  if redis.call('LLEN', KEYS[3]) < room then
+    redis.call('RPUSH', KEYS[3], cjson.encode(e))
+  else
+    redis.call('HINCRBY', KEYS[1], 'histDropped', 1)
+  end
+  hist_written = true
+end
+
+-- Appends the caller's entries (the JSON array in `arg`); a `callback` entry gets the
+-- decision, and with a mismatch the fields that differ.
+local function note(arg, decision, bad)
+  if arg == nil or arg == '' then
+    return
+  end
+  for _, e in ipairs(cjson.decode(arg)) do
+    if e['type'] == 'callback' then
+      e['decision'] = decision
+      if bad and bad ~= '' then
+        local fields = {}
+        for f in string.gmatch(bad, '[^,]+') do
+          fields[#fields + 1] = f
+        end
+        e['fields'] = fields
+      end
+    end
+    hist(e)
+  end
+end
 
 local function present(v)
   return v ~= nil and v ~= null and v ~= ''
@@ -101,18 +166,20 @@ end
 -- caps it when no worker runs.
 local STREAM_MAX = '1000000'
 
-local function publish_final(state, outcome, version)
+local function publish_final(state, outcome, version, cause)
   local enc = merge(state, outcome, version)
   redis.call('HSET', KEYS[1], 'state', enc, 'status', outcome['status'], 'version', version)
+  hist({type = 'final', cause = cause, status = outcome['status'],
+    reason = outcome['reason'], version = version})
   redis.call('PUBLISH', KEYS[2], enc)
-  if KEYS[3] then
+  if KEYS[4] then
     local wh = redis.call('HGET', KEYS[1], 'wh')
     if wh then
       local kind = 'payment.final'
       if version == 3 then
         kind = 'payment.corrected'
       end
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', STREAM_MAX, '*',
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', STREAM_MAX, '*',
         'id', 'evt_' .. state['checkoutRequestId'] .. '_v' .. version, 'type', kind,
         'url', wh, 'state', enc)
     end
@@ -133,7 +200,7 @@ end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'state', 'cbt', 'phd', 'version')
 local status, state_json, cbt, phd, version = cur[1], cur[2], cur[3], cur[4], tonumber(cur[5])
 
-if ARGV[1] == 'pending' then
+local function pending_mode()
   local nonce = ARGV[2]
   if status then
     if cbt == nonce then
@@ -152,6 +219,7 @@ if ARGV[1] == 'pending' then
     redis.call('HSET', KEYS[1], 'wh', ARGV[6])
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  note(ARGV[7])
   if not early then
     return {'PENDING', ARGV[3]}
   end
@@ -166,18 +234,23 @@ if ARGV[1] == 'pending' then
     redis.call('HSET', KEYS[1], 'confirm', cjson.encode(e['o']))
     return {'PENDING_CONFIRM', ARGV[3]}
   end
-  return {'FINAL', publish_final(state, e['o'], 2)}
+  return {'FINAL', publish_final(state, e['o'], 2, 'callback')}
 end
 
-if ARGV[1] == 'final' then
+local function final_mode()
   local nonce = ARGV[2]
   local outcome = cjson.decode(ARGV[3])
   if nonce == '' then
     if not status then
       return {'NOT_FOUND'}
     end
+    note(ARGV[9])
     if status ~= 'PENDING' then
       return {'DUPLICATE', state_json}
+    end
+    local cause = 'query'
+    if outcome['reason'] == 'UNCONFIRMED' then
+      cause = 'unconfirmed'
     end
     if outcome['status'] == 'SUCCESS' then
       local kept = redis.call('HGET', KEYS[1], 'confirm')
@@ -185,42 +258,65 @@ if ARGV[1] == 'final' then
         outcome = cjson.decode(kept)
       end
     end
-    return {'APPLIED', publish_final(cjson.decode(state_json), outcome, 2)}
+    return {'APPLIED', publish_final(cjson.decode(state_json), outcome, 2, cause)}
   end
   local binding = cjson.decode(ARGV[6])
   if not status then
     local field = 'early:' .. nonce
     if redis.call('HEXISTS', KEYS[1], field) == 1 then
+      note(ARGV[9], 'duplicate')
       return {'DUPLICATE', ''}
     end
     if #early_fields() >= tonumber(ARGV[7]) then
+      note(ARGV[9], 'early_full')
       return {'EARLY_FULL'}
     end
     redis.call('HSET', KEYS[1], field, cjson.encode({o = outcome, b = binding, c = ARGV[8]}))
     redis.call('EXPIRE', KEYS[1], ARGV[5])
+    note(ARGV[9], 'early')
     return {'EARLY'}
   end
   if cbt ~= nonce then
+    note(ARGV[9], 'forbidden')
     return {'FORBIDDEN'}
   end
   local state = cjson.decode(state_json)
   local correcting = status == 'FAILED' and state['reason'] == 'UNCONFIRMED' and version == 2
   if status ~= 'PENDING' and not correcting then
+    note(ARGV[9], 'duplicate')
     return {'DUPLICATE', state_json}
   end
   local bad = mismatch(state, phd, outcome, binding)
   if bad ~= '' then
     redis.call('HSET', KEYS[1], 'amountMismatch', bad)
+    note(ARGV[9], 'mismatch', bad)
     return {'MISMATCH', bad}
   end
   if correcting then
-    return {'CORRECTED', publish_final(state, outcome, 3)}
+    note(ARGV[9], 'corrected')
+    return {'CORRECTED', publish_final(state, outcome, 3, 'correction')}
   end
   if ARGV[8] == '1' and outcome['status'] == 'SUCCESS' then
     redis.call('HSET', KEYS[1], 'confirm', ARGV[3])
+    note(ARGV[9], 'awaiting_confirmation')
     return {'AWAITING_CONFIRMATION'}
   end
-  return {'APPLIED', publish_final(state, outcome, 2)}
+  note(ARGV[9], 'applied')
+  return {'APPLIED', publish_final(state, outcome, 2, 'callback')}
 end
 
-return redis.error_reply('payment.lua: unknown mode')
+local reply
+if ARGV[1] == 'pending' then
+  reply = pending_mode()
+elseif ARGV[1] == 'final' then
+  reply = final_mode()
+else
+  return redis.error_reply('payment.lua: unknown mode')
+end
+if hist_written then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    redis.call('PEXPIRE', KEYS[3], pttl)
+  end
+end
+return reply

@@ -5,6 +5,10 @@
 //! gives the same replies.
 //! Reads return the STATE JSON exactly as stored and published, so the gateway can
 //! forward it without re-encoding.
+//!
+//! History ([`crate::history`]): `payment.lua` appends the `pushed`, `callback` and
+//! `final` entries in the same step as the write; [`PaymentStore::append_history`]
+//! appends the others (`history.lua`), best effort.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +16,16 @@ use std::time::Duration;
 use redis::Script;
 
 use super::{Storage, StoreError};
+use crate::history::{
+    self, CallbackEntry, HistoryEvent, PaymentHistory, Pushed, StoredEntry, FINAL_RESERVE,
+    MAX_ENTRIES,
+};
 use crate::ids::CheckoutRequestId;
 use crate::keyspace::Keyspace;
 use crate::payment::{PaymentOutcome, PaymentState};
 
 static PAYMENT_LUA: &str = include_str!("payment.lua");
+static HISTORY_LUA: &str = include_str!("history.lua");
 
 /// What recording a pending payment did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +100,9 @@ pub struct PaymentStore {
     /// Shared, not copied: every browser connection's feed holds a clone of the store,
     /// and the script's text is 8 KiB.
     script: Arc<Script>,
-    /// Whether the script gets the webhook stream (KEYS[3]): Redis outside Cluster
+    /// `history.lua`.
+    history_script: Arc<Script>,
+    /// Whether the script gets the webhook stream (KEYS[4]): Redis outside Cluster
     /// mode, where the stream cannot share the payment's slot.
     webhook_stream: bool,
     ttl: Duration,
@@ -125,6 +136,7 @@ impl PaymentStore {
     pub fn new(storage: Storage, keys: Keyspace, ttl: Duration) -> Self {
         Self {
             script: payment_script(&storage),
+            history_script: Arc::new(Script::new(HISTORY_LUA)),
             webhook_stream: webhooks_supported(&storage),
             storage,
             keys,
@@ -160,6 +172,7 @@ impl PaymentStore {
         let key = self.keys.payment(id);
         let mut inv = self.script.key(&key);
         inv.key(self.keys.payment_channel(id));
+        inv.key(self.keys.payment_history(id));
         if self.webhook_stream {
             inv.key(self.keys.webhook_stream());
         }
@@ -179,15 +192,18 @@ impl PaymentStore {
     /// Records a payment Daraja has just accepted, bound to its callback token nonce and
     /// to the keyed digest of the pushed phone (`CallbackTokens::phone_digest`).
     /// `webhook` is where its webhook events go: "" none, "*" the configured URL, or the
-    /// push's own URL (see `payment.lua`).
+    /// push's own URL (see `payment.lua`). `pushed` is the push as normalised, for the
+    /// history's first entry.
     pub async fn record_pending(
         &self,
         state: &PaymentState,
         callback_nonce: &str,
         phone_digest: &str,
         webhook: &str,
+        pushed: &Pushed,
     ) -> Result<RecordOutcome, StoreError> {
         let json = serde_json::to_string(state).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let hist = history::encode_unstamped(&[HistoryEvent::Pushed(pushed.clone())]);
         let ttl = self.ttl.as_secs().max(1).to_string();
         let reply = self
             .run(
@@ -199,6 +215,7 @@ impl PaymentStore {
                     &ttl,
                     phone_digest,
                     webhook,
+                    &hist,
                 ],
             )
             .await?;
@@ -230,8 +247,16 @@ impl PaymentStore {
         binding: &CallbackBinding,
         confirm_with_query: bool,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.apply(id, callback_nonce, outcome, binding, confirm_with_query)
-            .await
+        let hist = history::encode_unstamped(&[HistoryEvent::Callback(CallbackEntry::of(outcome))]);
+        self.apply(
+            id,
+            callback_nonce,
+            outcome,
+            binding,
+            confirm_with_query,
+            &hist,
+        )
+        .await
     }
 
     async fn apply(
@@ -241,6 +266,7 @@ impl PaymentStore {
         outcome: &PaymentOutcome,
         binding: &CallbackBinding,
         confirm: bool,
+        hist: &str,
     ) -> Result<ApplyOutcome, StoreError> {
         let json =
             serde_json::to_string(outcome).map_err(|e| StoreError::Protocol(e.to_string()))?;
@@ -261,6 +287,7 @@ impl PaymentStore {
                     &binding,
                     &max_early,
                     if confirm { "1" } else { "0" },
+                    hist,
                 ],
             )
             .await?;
@@ -281,14 +308,99 @@ impl PaymentStore {
 
     /// Applies an outcome from a trusted source (STK Push Query, or reconciliation
     /// closing a payment as `UNCONFIRMED`): no token check, never an early record, and
-    /// never a change to a final state.
+    /// never a change to a final state. `history` (e.g. the `query_asked` and
+    /// `query_answer` that led to it) is appended in the same step, before the `final`
+    /// entry; nothing is appended for a payment that is not found.
     pub async fn apply_trusted(
         &self,
         id: &CheckoutRequestId,
         outcome: &PaymentOutcome,
+        history: &[StoredEntry],
     ) -> Result<ApplyOutcome, StoreError> {
-        self.apply(id, "", outcome, &CallbackBinding::default(), false)
+        let hist =
+            serde_json::to_string(history).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        self.apply(id, "", outcome, &CallbackBinding::default(), false, &hist)
             .await
+    }
+
+    /// Appends entries (never `final` ones) to a payment's history, best effort: a
+    /// failure is logged at warn and never returned, and nothing is written for a payment
+    /// that is gone. The list keeps the payment's TTL and bound (`history.lua`).
+    pub async fn append_history(&self, id: &CheckoutRequestId, entries: &[StoredEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.try_append_history(id, entries).await {
+            tracing::warn!(checkout_request_id = %id, error = %e, "could not append to the payment's history; entry lost");
+        }
+    }
+
+    async fn try_append_history(
+        &self,
+        id: &CheckoutRequestId,
+        entries: &[StoredEntry],
+    ) -> Result<(), StoreError> {
+        let items: Vec<String> = entries.iter().map(StoredEntry::encode).collect();
+        let pool = match &self.storage {
+            Storage::Redis(pool) => pool,
+            Storage::Memory(m) => {
+                m.payment_append_history(&self.keys.payment(id), &items);
+                return Ok(());
+            }
+        };
+        let mut conn = pool.get().await?;
+        let mut inv = self.history_script.key(self.keys.payment(id));
+        inv.key(self.keys.payment_history(id));
+        inv.arg(MAX_ENTRIES - FINAL_RESERVE);
+        for i in &items {
+            inv.arg(i);
+        }
+        tokio::time::timeout(pool.command_timeout(), inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| StoreError::timed_out())??;
+        Ok(())
+    }
+
+    /// A payment's history, oldest first, or `None` if no payment (or only an early
+    /// callback) is known.
+    pub async fn history(
+        &self,
+        id: &CheckoutRequestId,
+    ) -> Result<Option<PaymentHistory>, StoreError> {
+        let (dropped, items) = match &self.storage {
+            Storage::Memory(m) => match m.payment_history(&self.keys.payment(id)) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+            Storage::Redis(pool) => {
+                let mut conn = pool.get().await?;
+                let (head, items): ((Option<String>, Option<u64>), Vec<String>) =
+                    tokio::time::timeout(
+                        pool.command_timeout(),
+                        redis::pipe()
+                            .cmd("HMGET")
+                            .arg(self.keys.payment(id))
+                            .arg("status")
+                            .arg("histDropped")
+                            .cmd("LRANGE")
+                            .arg(self.keys.payment_history(id))
+                            .arg(0)
+                            .arg(-1)
+                            .query_async(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| StoreError::timed_out())??;
+                if head.0.is_none() {
+                    return Ok(None);
+                }
+                (head.1.unwrap_or(0), items)
+            }
+        };
+        Ok(Some(PaymentHistory {
+            checkout_request_id: id.as_str().to_owned(),
+            entries: history::decode_stored(id.as_str(), &items),
+            truncated: dropped,
+        }))
     }
 
     /// The current STATE JSON, or `None` if no payment (or only an early callback) is known.
@@ -308,5 +420,17 @@ impl PaymentStore {
         .await
         .map_err(|_| StoreError::timed_out())??;
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script's bound is the Rust constant's (the script cannot import it).
+    #[test]
+    fn the_script_bound_is_the_constant() {
+        assert!(PAYMENT_LUA.contains(&format!("local HIST_MAX = {MAX_ENTRIES}\n")));
+        assert!(PAYMENT_LUA.contains(&format!("local HIST_FINAL_RESERVE = {FINAL_RESERVE}\n")));
     }
 }

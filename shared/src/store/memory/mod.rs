@@ -147,6 +147,18 @@ impl MemoryStorage {
             })
     }
 
+    /// A payment's `histDropped` and history items, if it has a status.
+    pub fn payment_history(&self, key: &str) -> Option<(u64, Vec<String>)> {
+        self.inner.payments.history(key, Instant::now())
+    }
+
+    /// `history.lua`: appends stamped entries to an existing payment's history.
+    pub fn payment_append_history(&self, key: &str, entries: &[String]) -> bool {
+        self.inner
+            .payments
+            .append_history(key, entries, Instant::now())
+    }
+
     /// A payment's STATE JSON (HGET state).
     pub fn payment_state(&self, key: &str) -> Option<String> {
         self.inner.payments.state(key, Instant::now())

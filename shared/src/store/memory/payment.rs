@@ -20,6 +20,10 @@
 //!   "not nil, not null, not empty string", `tonumber(a) ~= tonumber(b)` compares numbers
 //!   and numeric strings alike (two values that are not numbers at all compare equal, as
 //!   `nil == nil`), and `x or null` turns a missing key (or `false`) into JSON null.
+//! - **History.** The history list (`KEYS[3]` in Redis) is the record's `hist`, so it
+//!   shares the record's deadline as the Redis list takes the hash's TTL. Entries are
+//!   stamped with this process's clock where the script takes Redis's `TIME`; the bound,
+//!   the places reserved for `final` entries and `histDropped` are the script's.
 //! - **Publishing.** `publish(channel, state)` is called exactly where the script
 //!   PUBLISHes, with the table's lock held, after the record is written: a subscriber that
 //!   subscribes and then reads can never miss a final state.
@@ -86,10 +90,12 @@ impl Records {
     }
 }
 
-/// One payment's fields, as in the Redis hash, and the key's deadline.
+/// One payment's fields, as in the Redis hash, its history list, and the key's deadline.
 #[derive(Default, Clone)]
 struct Record {
     fields: HashMap<String, String>,
+    /// The history list's items (JSON), oldest first.
+    hist: Vec<String>,
     /// `None`: no TTL (a Redis key never given one).
     expires: Option<Instant>,
 }
@@ -119,6 +125,7 @@ impl PaymentTable {
             rec: records.live(key, now).cloned(),
             dirty: false,
             published: None,
+            hist_now: None,
         };
         let reply = run.script()?;
         if run.dirty {
@@ -137,6 +144,40 @@ impl PaymentTable {
         Ok(reply)
     }
 
+    /// The record's `status` and `histDropped` fields and its history items, if it is
+    /// alive and has a status (the reads behind `PaymentStore::history`).
+    pub fn history(&self, key: &str, now: Instant) -> Option<(u64, Vec<String>)> {
+        let mut records = self.lock();
+        let rec = records.live(key, now)?;
+        rec.fields.get("status")?;
+        let dropped = rec
+            .fields
+            .get("histDropped")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        Some((dropped, rec.hist.clone()))
+    }
+
+    /// Appends already stamped entries (not `final` ones) to an existing record's
+    /// history, as `history.lua` does: returns false when no record exists.
+    pub fn append_history(&self, key: &str, entries: &[String], now: Instant) -> bool {
+        let mut records = self.lock();
+        if records.live(key, now).is_none() {
+            return false;
+        }
+        let Some(rec) = records.map.get_mut(key) else {
+            return false;
+        };
+        for e in entries {
+            if rec.hist.len() < HIST_MAX - HIST_FINAL_RESERVE {
+                rec.hist.push(e.clone());
+            } else {
+                incr_dropped(rec);
+            }
+        }
+        true
+    }
+
     /// The record's `state` field, if it is alive.
     pub fn state(&self, key: &str, now: Instant) -> Option<String> {
         self.lock().live(key, now)?.fields.get("state").cloned()
@@ -152,6 +193,19 @@ impl PaymentTable {
     }
 }
 
+use crate::history::{FINAL_RESERVE as HIST_FINAL_RESERVE, MAX_ENTRIES as HIST_MAX};
+
+/// HINCRBY histDropped 1.
+fn incr_dropped(rec: &mut Record) {
+    let n = rec
+        .fields
+        .get("histDropped")
+        .and_then(|d| d.parse::<u64>().ok())
+        .unwrap_or(0);
+    rec.fields
+        .insert("histDropped".to_owned(), (n + 1).to_string());
+}
+
 /// One run of the script on a copy of one record.
 struct Run<'a> {
     args: &'a [&'a str],
@@ -162,6 +216,8 @@ struct Run<'a> {
     dirty: bool,
     /// The STATE JSON the script published, if it did.
     published: Option<String>,
+    /// The run's clock for history entries (Unix ms), read once, as the script's TIME.
+    hist_now: Option<i64>,
 }
 
 fn reply<const N: usize>(parts: [&str; N]) -> Result<Vec<String>, String> {
@@ -227,6 +283,57 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Appends one history entry (the script's `hist`), stamping it if it has no `at`.
+    fn hist(&mut self, mut e: Obj) -> Result<(), String> {
+        if !e.contains_key("at") {
+            let now = *self
+                .hist_now
+                .get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
+            e.insert("at".into(), Value::from(now));
+        }
+        let room = if is_str(e.get("type"), "final") {
+            HIST_MAX
+        } else {
+            HIST_MAX - HIST_FINAL_RESERVE
+        };
+        let enc = encode(&e)?;
+        let rec = self.rec.get_or_insert_with(Record::default);
+        if rec.hist.len() < room {
+            rec.hist.push(enc);
+        } else {
+            incr_dropped(rec);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The script's `note`: appends the caller's entries (ARGV[`n`], a JSON array), a
+    /// `callback` entry with `decision` and the mismatching fields.
+    fn note(&mut self, n: usize, decision: Option<&str>, bad: &str) -> Result<(), String> {
+        let arg = match n.checked_sub(1).and_then(|i| self.args.get(i)) {
+            None | Some(&"") => return Ok(()),
+            Some(a) => *a,
+        };
+        let entries = match serde_json::from_str::<Value>(arg) {
+            Ok(Value::Array(a)) => a,
+            _ => return Err(format!("payment.lua: ARGV[{n}] is not a JSON array")),
+        };
+        for e in entries {
+            let Value::Object(mut e) = e else {
+                return Err("payment.lua: a history entry is not an object".to_owned());
+            };
+            if is_str(e.get("type"), "callback") {
+                set_or_remove(&mut e, "decision", decision.map(Value::from).as_ref());
+                if !bad.is_empty() {
+                    let fields = bad.split(',').filter(|f| !f.is_empty()).map(Value::from);
+                    e.insert("fields".into(), Value::Array(fields.collect()));
+                }
+            }
+            self.hist(e)?;
+        }
+        Ok(())
+    }
+
     /// The stored STATE JSON, which every record with a status has.
     fn state_json(&self) -> Result<String, String> {
         self.field("state")
@@ -269,6 +376,7 @@ impl<'a> Run<'a> {
             ("phd", phd),
         ]);
         self.expire(ttl)?;
+        self.note(7, None, "")?;
         let Some(early) = early else {
             return reply(["PENDING", state_arg]);
         };
@@ -286,7 +394,7 @@ impl<'a> Run<'a> {
             self.hset(&[("confirm", &kept)]);
             return reply(["PENDING_CONFIRM", state_arg]);
         }
-        let enc = self.publish_final(state, outcome, 2)?;
+        let enc = self.publish_final(state, outcome, 2, "callback")?;
         Ok(vec!["FINAL".to_owned(), enc])
     }
 
@@ -300,9 +408,15 @@ impl<'a> Run<'a> {
             let Some(status) = status else {
                 return reply(["NOT_FOUND"]);
             };
+            self.note(9, None, "")?;
             if status != "PENDING" {
                 return Ok(vec!["DUPLICATE".to_owned(), self.state_json()?]);
             }
+            let cause = if is_str(outcome.get("reason"), "UNCONFIRMED") {
+                "unconfirmed"
+            } else {
+                "query"
+            };
             let mut outcome = outcome;
             if is_str(outcome.get("status"), "SUCCESS") {
                 if let Some(kept) = self.field("confirm") {
@@ -310,7 +424,7 @@ impl<'a> Run<'a> {
                 }
             }
             let state = decode_obj(&self.state_json()?, "STATE")?;
-            let enc = self.publish_final(state, &outcome, 2)?;
+            let enc = self.publish_final(state, &outcome, 2, cause)?;
             return Ok(vec!["APPLIED".to_owned(), enc]);
         }
         self.need_args(8, "a callback in mode \"final\"")?;
@@ -318,11 +432,13 @@ impl<'a> Run<'a> {
         let Some(status) = status else {
             let field = format!("early:{nonce}");
             if self.field(&field).is_some() {
+                self.note(9, Some("duplicate"), "")?;
                 return reply(["DUPLICATE", ""]);
             }
             let max = lua_tonumber_str(self.argv(7)?)
                 .ok_or_else(|| "payment.lua: ARGV[7] is not a number".to_owned())?;
             if self.early_fields().len() as f64 >= max {
+                self.note(9, Some("early_full"), "")?;
                 return reply(["EARLY_FULL"]);
             }
             let mut entry = Obj::new();
@@ -332,9 +448,11 @@ impl<'a> Run<'a> {
             let entry = encode(&entry)?;
             self.hset(&[(&field, &entry)]);
             self.expire(self.argv(5)?)?;
+            self.note(9, Some("early"), "")?;
             return reply(["EARLY"]);
         };
         if self.field("cbt") != Some(nonce) {
+            self.note(9, Some("forbidden"), "")?;
             return reply(["FORBIDDEN"]);
         }
         let state_json = self.state_json()?;
@@ -344,23 +462,28 @@ impl<'a> Run<'a> {
             && is_str(state.get("reason"), "UNCONFIRMED")
             && version == Some(2.0);
         if status != "PENDING" && !correcting {
+            self.note(9, Some("duplicate"), "")?;
             return Ok(vec!["DUPLICATE".to_owned(), state_json]);
         }
         let bad = mismatch(&state, self.field("phd"), &outcome, &binding);
         if !bad.is_empty() {
             self.hset(&[("amountMismatch", &bad)]);
+            self.note(9, Some("mismatch"), &bad)?;
             return reply(["MISMATCH", &bad]);
         }
         if correcting {
-            let enc = self.publish_final(state, &outcome, 3)?;
+            self.note(9, Some("corrected"), "")?;
+            let enc = self.publish_final(state, &outcome, 3, "correction")?;
             return Ok(vec!["CORRECTED".to_owned(), enc]);
         }
         if self.argv(8)? == "1" && is_str(outcome.get("status"), "SUCCESS") {
             let raw = self.argv(3)?;
             self.hset(&[("confirm", raw)]);
+            self.note(9, Some("awaiting_confirmation"), "")?;
             return reply(["AWAITING_CONFIRMATION"]);
         }
-        let enc = self.publish_final(state, &outcome, 2)?;
+        self.note(9, Some("applied"), "")?;
+        let enc = self.publish_final(state, &outcome, 2, "callback")?;
         Ok(vec!["APPLIED".to_owned(), enc])
     }
 
@@ -370,11 +493,19 @@ impl<'a> Run<'a> {
         mut state: Obj,
         outcome: &Obj,
         version: u64,
+        cause: &str,
     ) -> Result<String, String> {
         let enc = merge(&mut state, outcome, version)?;
         let status = hash_arg(outcome.get("status"))?;
-        let version = version.to_string();
-        self.hset(&[("state", &enc), ("status", &status), ("version", &version)]);
+        let v = version.to_string();
+        self.hset(&[("state", &enc), ("status", &status), ("version", &v)]);
+        let mut e = Obj::new();
+        e.insert("type".into(), Value::from("final"));
+        e.insert("cause".into(), Value::from(cause));
+        e.insert("status".into(), Value::from(status));
+        set_or_remove(&mut e, "reason", outcome.get("reason"));
+        e.insert("version".into(), Value::from(version));
+        self.hist(e)?;
         self.published = Some(enc.clone());
         Ok(enc)
     }
