@@ -60,14 +60,21 @@
 -- final state is written. An entry without `at` is stamped with Redis's clock (TIME, in
 -- Unix ms). At most HIST_MAX entries; the last HIST_FINAL_RESERVE places are only for
 -- `final` entries; an entry with no room is counted in the hash's `histDropped`. Nothing
--- is appended where no record exists (NOT_FOUND). After a write the list takes the
--- payment hash's remaining TTL.
+-- is appended where no record exists (NOT_FOUND). The list has the payment hash's TTL:
+-- it takes it when it is made and whenever the script sets the hash's. A call writes the
+-- history with one LLEN and one RPUSH at most, whatever its number of entries.
 
 local null = cjson.null
 
 local HIST_MAX = 64
 local HIST_FINAL_RESERVE = 2
-local hist_written = false
+-- This call's entries, pushed in one RPUSH at the end; the list's length before them
+-- (read once, when the first entry comes); entries with no room; whether this call set
+-- the payment hash's TTL (then the list takes it again).
+local hist_new = {}
+local hist_len = nil
+local hist_dropped = 0
+local ttl_set = false
 local hist_now = nil
 
 local function now_ms()
@@ -82,16 +89,18 @@ local function hist(e)
   if e['at'] == nil then
     e['at'] = now_ms()
   end
+  if not hist_len then
+    hist_len = redis.call('LLEN', KEYS[3])
+  end
   local room = HIST_MAX - HIST_FINAL_RESERVE
   if e['type'] == 'final' then
     room = HIST_MAX
   end
-  if redis.call('LLEN', KEYS[3]) < room then
-    redis.call('RPUSH', KEYS[3], cjson.encode(e))
+  if hist_len + #hist_new < room then
+    hist_new[#hist_new + 1] = cjson.encode(e)
   else
-    redis.call('HINCRBY', KEYS[1], 'histDropped', 1)
+    hist_dropped = hist_dropped + 1
   end
-  hist_written = true
 end
 
 -- Appends the caller's entries (the JSON array in `arg`); a `callback` entry gets the
@@ -219,6 +228,7 @@ local function pending_mode()
     redis.call('HSET', KEYS[1], 'wh', ARGV[6])
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  ttl_set = true
   note(ARGV[7])
   if not early then
     return {'PENDING', ARGV[3]}
@@ -273,6 +283,7 @@ local function final_mode()
     end
     redis.call('HSET', KEYS[1], field, cjson.encode({o = outcome, b = binding, c = ARGV[8]}))
     redis.call('EXPIRE', KEYS[1], ARGV[5])
+    ttl_set = true
     note(ARGV[9], 'early')
     return {'EARLY'}
   end
@@ -313,7 +324,16 @@ elseif ARGV[1] == 'final' then
 else
   return redis.error_reply('payment.lua: unknown mode')
 end
-if hist_written then
+-- The history's writes, once per call. The list's TTL is the hash's: set when the list is
+-- made and whenever this call set the hash's (a pending record, an early callback);
+-- otherwise it already is.
+if #hist_new > 0 then
+  redis.call('RPUSH', KEYS[3], unpack(hist_new))
+end
+if hist_dropped > 0 then
+  redis.call('HINCRBY', KEYS[1], 'histDropped', hist_dropped)
+end
+if (#hist_new > 0 and hist_len == 0) or ttl_set then
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl > 0 then
     redis.call('PEXPIRE', KEYS[3], pttl)
