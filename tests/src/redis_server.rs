@@ -338,9 +338,6 @@ impl RedisServer {
         let port_arg = port.to_string();
         let mut cmd = Command::new(redis_server_program());
         cmd.args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""]);
-        // A replica that needs a full sync (a demoted primary rejoining after a failover)
-        // gets it at once, not after the default 5 s wait for more replicas to join.
-        cmd.args(["--repl-diskless-sync-delay", "0"]);
         if self.opts.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                 .arg(&self.data_dir);
