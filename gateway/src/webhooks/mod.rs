@@ -245,14 +245,18 @@ impl Deliverer {
     /// One attempt at one event, and its outcome recorded, in a span naming the event
     /// and its payment.
     async fn attempt(&self, record: Record) {
-        let checkout_request_id = payment_of(&record.id)
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default();
-        let span = tracing::info_span!("webhook", event_id = %record.id, checkout_request_id = %checkout_request_id);
-        tracing::Instrument::instrument(self.attempt_in_span(record), span).await
+        let payment = payment_of(&record.id);
+        let span = tracing::info_span!(
+            "webhook",
+            event_id = %record.id,
+            checkout_request_id = %payment.as_ref().map_or("", |id| id.as_str())
+        );
+        tracing::Instrument::instrument(self.attempt_in_span(record, payment), span).await
     }
 
-    async fn attempt_in_span(&self, mut record: Record) {
+    /// `payment` is the event's payment ([`payment_of`]), where the attempt is recorded
+    /// in the history.
+    async fn attempt_in_span(&self, mut record: Record, payment: Option<CheckoutRequestId>) {
         let outcome = self.send(&record).await;
         let now = now_ms();
         let attempt = record.attempts + 1;
@@ -299,7 +303,7 @@ impl Deliverer {
             // The lease still holds the event: it is attempted again when it ends.
             tracing::warn!(error = %e, "could not record a webhook attempt; it is retried when its lease ends");
         }
-        if let Some(id) = payment_of(&record.id) {
+        if let Some(id) = payment {
             let entry = StoredEntry::new(
                 Utc::now(),
                 HistoryEvent::WebhookAttempt(WebhookAttempt {
