@@ -46,6 +46,16 @@ fn secrets_of(c: &Cluster) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The `type` of each history entry in `payment show --json`'s output, in order.
+fn history_kinds(j: &serde_json::Value) -> Result<Vec<&str>> {
+    Ok(j["history"]["entries"]
+        .as_array()
+        .with_context(|| format!("no history in the JSON: {j}"))?
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect())
+}
+
 fn masked(phone: &str) -> String {
     format!("{}******{}", &phone[..4], &phone[phone.len() - 2..])
 }
@@ -149,12 +159,7 @@ async fn admin_reads_payments_spool_and_checks_the_node() -> Result<()> {
             && entries[2].contains("status=SUCCESS"),
         "history lines:\n{table}"
     );
-    let kinds: Vec<&str> = j["history"]["entries"]
-        .as_array()
-        .with_context(|| format!("no history in the JSON: {j}"))?
-        .iter()
-        .filter_map(|e| e["type"].as_str())
-        .collect();
+    let kinds = history_kinds(&j)?;
     ensure!(
         kinds == ["pushed", "callback", "final"] && j["history"]["truncated"] == 0,
         "history in the JSON: {j}"
@@ -359,12 +364,7 @@ async fn admin_reads_a_redis_cluster() -> Result<()> {
         "{j}"
     );
     // The history list shares the payment's slot: payment.lua wrote it in Cluster mode.
-    let kinds: Vec<&str> = j["history"]["entries"]
-        .as_array()
-        .with_context(|| format!("no history in the JSON: {j}"))?
-        .iter()
-        .filter_map(|e| e["type"].as_str())
-        .collect();
+    let kinds = history_kinds(&j)?;
     ensure!(kinds == ["pushed", "callback", "final"], "{j}");
     let j = run_json(
         &env,
