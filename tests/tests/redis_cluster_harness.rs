@@ -239,6 +239,29 @@ async fn redis_cluster_forms_reshards_and_fails_over() -> Result<()> {
     );
     all_readable(&c, &written).await?;
 
+    // The repair `restart` falls back on (Redis 7.0 has a successor forget a slot it owns,
+    // see `RedisClusterSet::restart`), on that state made by hand: the primary drops one
+    // of its slots from its own table while every other node still names it.
+    let slot = moving[0];
+    let ok: String = c
+        .node(heir)?
+        .command(&["CLUSTER", "DELSLOTS", &slot.to_string()])
+        .await?;
+    ensure!(ok == "OK", "DELSLOTS: {ok}");
+    let repaired = c.readd_forgotten_slots().await?;
+    ensure!(
+        repaired == [(heir, vec![slot])],
+        "expected slot {slot} given back to {heir}, got {repaired:?}"
+    );
+    c.wait_settled()
+        .await
+        .context("after giving the slot back")?;
+    ensure!(
+        c.primary_port_for_slot(slot).await? == heir,
+        "slot {slot} not on {heir}"
+    );
+    all_readable(&c, &written).await?;
+
     println!("harness test took {:?}", t0.elapsed());
     Ok(())
 }
